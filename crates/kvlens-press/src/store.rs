@@ -1,0 +1,217 @@
+//! Dense per-head storage of cached keys and values.
+//!
+//! One [`HeadStore`] holds the keys and values of one layer's key/value head, token by
+//! token, in a preallocated buffer that grows in place. Rows are kept in the order they were
+//! appended; an eviction compacts the buffer without reallocating.
+
+use half::f16;
+
+/// The element type the cache stores keys and values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// IEEE half precision, as llama.cpp and GPU serving engines store the cache.
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl KvDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F16 => 2,
+            KvDtype::F32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f16" => Some(KvDtype::F16),
+            "f32" => Some(KvDtype::F32),
+            _ => None,
+        }
+    }
+}
+
+/// Row-major rows of `dim` elements, in f16 or f32.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Rows {
+    pub fn new(dtype: KvDtype, capacity_elems: usize) -> Self {
+        match dtype {
+            KvDtype::F16 => Rows::F16(Vec::with_capacity(capacity_elems)),
+            KvDtype::F32 => Rows::F32(Vec::with_capacity(capacity_elems)),
+        }
+    }
+
+    fn push(&mut self, row: &[f32]) {
+        match self {
+            Rows::F16(v) => v.extend(row.iter().map(|&x| f16::from_f32(x))),
+            Rows::F32(v) => v.extend_from_slice(row),
+        }
+    }
+
+    fn elems(&self) -> usize {
+        match self {
+            Rows::F16(v) => v.len(),
+            Rows::F32(v) => v.len(),
+        }
+    }
+
+    /// Keeps the rows whose indices are listed (sorted, unique), moving them to the front.
+    fn retain_rows(&mut self, keep: &[usize], dim: usize) {
+        fn compact<T: Copy>(v: &mut Vec<T>, keep: &[usize], dim: usize) {
+            for (dst, &src) in keep.iter().enumerate() {
+                if dst != src {
+                    v.copy_within(src * dim..(src + 1) * dim, dst * dim);
+                }
+            }
+            v.truncate(keep.len() * dim);
+        }
+        match self {
+            Rows::F16(v) => compact(v, keep, dim),
+            Rows::F32(v) => compact(v, keep, dim),
+        }
+    }
+
+    /// Row `i` converted to f32.
+    pub fn row_f32(&self, i: usize, dim: usize, out: &mut [f32]) {
+        match self {
+            Rows::F16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[i * dim..(i + 1) * dim]) {
+                    *o = x.to_f32();
+                }
+            }
+            Rows::F32(v) => out.copy_from_slice(&v[i * dim..(i + 1) * dim]),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        match self {
+            Rows::F16(v) => v.clear(),
+            Rows::F32(v) => v.clear(),
+        }
+    }
+}
+
+/// Keys, values and absolute positions of the tokens one key/value head keeps.
+#[derive(Debug, Clone)]
+pub struct HeadStore {
+    pub dim: usize,
+    pub keys: Rows,
+    pub values: Rows,
+    /// Absolute position of each kept token (rotary position, never renumbered).
+    pub positions: Vec<u32>,
+}
+
+impl HeadStore {
+    pub fn new(dtype: KvDtype, dim: usize, capacity_tokens: usize) -> Self {
+        Self {
+            dim,
+            keys: Rows::new(dtype, capacity_tokens * dim),
+            values: Rows::new(dtype, capacity_tokens * dim),
+            positions: Vec::with_capacity(capacity_tokens),
+        }
+    }
+
+    /// Makes room for `tokens` more rows without reallocating on push.
+    pub fn reserve(&mut self, tokens: usize) {
+        let elems = tokens * self.dim;
+        match (&mut self.keys, &mut self.values) {
+            (Rows::F16(k), Rows::F16(v)) => {
+                k.reserve(elems);
+                v.reserve(elems);
+            }
+            (Rows::F32(k), Rows::F32(v)) => {
+                k.reserve(elems);
+                v.reserve(elems);
+            }
+            _ => unreachable!("keys and values always share a dtype"),
+        }
+        self.positions.reserve(tokens);
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    pub fn push(&mut self, pos: u32, k: &[f32], v: &[f32]) {
+        debug_assert_eq!(k.len(), self.dim);
+        self.keys.push(k);
+        self.values.push(v);
+        self.positions.push(pos);
+    }
+
+    /// Keeps only the listed rows (sorted ascending, unique).
+    pub fn retain(&mut self, keep: &[usize]) {
+        debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
+        self.keys.retain_rows(keep, self.dim);
+        self.values.retain_rows(keep, self.dim);
+        for (dst, &src) in keep.iter().enumerate() {
+            self.positions[dst] = self.positions[src];
+        }
+        self.positions.truncate(keep.len());
+    }
+
+    /// Bytes of keys and values really held (positions are bookkeeping, not cache).
+    pub fn bytes(&self) -> usize {
+        let per = match self.keys {
+            Rows::F16(_) => 2,
+            Rows::F32(_) => 4,
+        };
+        (self.keys.elems() + self.values.elems()) * per
+    }
+
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.values.clear();
+        self.positions.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_compacts_rows_and_positions() {
+        let mut s = HeadStore::new(KvDtype::F32, 2, 4);
+        for i in 0..5u32 {
+            let x = i as f32;
+            s.push(i * 10, &[x, x + 0.5], &[-x, -x - 0.5]);
+        }
+        s.retain(&[0, 3, 4]);
+        assert_eq!(s.positions, vec![0, 30, 40]);
+        let mut row = [0.0; 2];
+        s.keys.row_f32(1, 2, &mut row);
+        assert_eq!(row, [3.0, 3.5]);
+        s.values.row_f32(2, 2, &mut row);
+        assert_eq!(row, [-4.0, -4.5]);
+        assert_eq!(s.bytes(), 3 * 2 * 2 * 4);
+    }
+
+    #[test]
+    fn f16_rows_round_trip_within_half_precision() {
+        let mut s = HeadStore::new(KvDtype::F16, 3, 1);
+        s.push(7, &[1.0, -2.5, 0.1], &[3.0, 0.0, 65504.0]);
+        let mut row = [0.0; 3];
+        s.keys.row_f32(0, 3, &mut row);
+        assert_eq!(row[0], 1.0);
+        assert!((row[2] - 0.1).abs() < 1e-4);
+        assert_eq!(s.bytes(), 2 * 3 * 2);
+    }
+}
