@@ -16,7 +16,7 @@ pub struct BenchArgs {
     /// Methods to compare, comma-separated; `key=value` items continue the previous spec.
     #[arg(
         long,
-        default_value = "full,streamingllm,h2o,snapkv,pyramidkv,tova,knorm"
+        default_value = "full,streamingllm,h2o,snapkv,pyramidkv,tova,knorm,kivi,gear,int8,int4,fp8"
     )]
     methods: String,
     /// Prompt length in tokens.

@@ -166,6 +166,11 @@ fn methods_lists_every_method() {
         "pyramidkv",
         "tova",
         "knorm",
+        "kivi",
+        "gear",
+        "int8",
+        "int4",
+        "fp8",
     ] {
         assert!(out.contains(m), "{m} missing from {out}");
     }

@@ -58,6 +58,112 @@ pub fn attend_head(
     }
 }
 
+/// A head's keys transposed and values widened to f32, made once per prompt chunk so that
+/// many queries can attend without converting or reducing per row.
+pub struct Prepared {
+    /// (dim, stride): `kt[d·stride + j]` is dimension `d` of key `j`.
+    pub kt: Vec<f32>,
+    /// (len, dim).
+    pub v: Vec<f32>,
+    pub stride: usize,
+    pub dim: usize,
+    pub f16: bool,
+}
+
+impl Prepared {
+    pub fn new(store: &HeadStore) -> Self {
+        let (len, dim) = (store.len(), store.dim);
+        let stride = len.div_ceil(8) * 8;
+        let mut kt = vec![0f32; dim * stride];
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        store.to_f32(&mut k, &mut v);
+        for (j, row) in k.chunks_exact(dim).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                kt[d * stride + j] = x;
+            }
+        }
+        Self {
+            kt,
+            v,
+            stride,
+            dim,
+            f16: matches!(store.keys, Rows::F16(_)),
+        }
+    }
+
+    /// As [`attend_head`], over rows `0..limit` of the prepared head (with an f16 cache the
+    /// probabilities left in `probs` are the f16-rounded ones).
+    pub fn attend(
+        &self,
+        limit: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+        probs: &mut Vec<f32>,
+    ) {
+        let dim = self.dim;
+        let mut qh = [0f32; 256];
+        let qh = &mut qh[..dim];
+        for (d, &x) in qh.iter_mut().zip(q) {
+            *d = if self.f16 {
+                f16::from_f32(x).to_f32()
+            } else {
+                x
+            };
+        }
+        probs.clear();
+        probs.resize(limit.div_ceil(8) * 8, 0.0);
+        scores_t(qh, &self.kt, self.stride, probs);
+        probs.truncate(limit);
+        for p in probs.iter_mut() {
+            *p *= scale;
+        }
+        softmax_in_place(probs);
+        out.fill(0.0);
+        if self.f16 {
+            for p in probs.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
+        }
+        weighted_sum(probs, &self.v, dim, out);
+    }
+}
+
+/// `out[j] = Σ_d q[d]·kt[d·stride + j]` for every `j < out.len()` (a multiple of 8).
+fn scores_t(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() {
+            // SAFETY: features detected; `out.len() ≤ stride`, a multiple of 8.
+            unsafe { x86::scores_t(q, kt, stride, out) };
+            return;
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = q
+            .iter()
+            .enumerate()
+            .map(|(d, x)| x * kt[d * stride + j])
+            .sum();
+    }
+}
+
+/// `out = Σ_j p[j]·v[j]` with `v` rows of `dim`.
+fn weighted_sum(p: &[f32], v: &[f32], dim: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() && dim == 64 {
+            // SAFETY: features detected; `v` holds `p.len()` rows of 64.
+            unsafe { x86::weighted_sum64(p, v, out) };
+            return;
+        }
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        axpy_f32(out, pj, &v[j * dim..(j + 1) * dim]);
+    }
+}
+
 /// Softmax as `ggml_vec_soft_max_f32`: exp of `x − max` per lane, lanes of 16 summed in f32,
 /// the chunk sums accumulated in f64, then one multiplication by `1/sum`.
 pub fn softmax_in_place(x: &mut [f32]) {
@@ -194,6 +300,54 @@ mod x86 {
             i += 8;
         }
         hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_t(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
+        let n = out.len();
+        let mut j = 0;
+        // Four blocks of 8 keys at a time keep four independent accumulators in flight.
+        while j + 32 <= n {
+            let mut a = [_mm256_setzero_ps(); 4];
+            for (d, &qd) in q.iter().enumerate() {
+                let qv = _mm256_set1_ps(qd);
+                let row = kt.as_ptr().add(d * stride + j);
+                for (b, acc) in a.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.add(8 * b)), *acc);
+                }
+            }
+            for (b, acc) in a.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(j + 8 * b), *acc);
+            }
+            j += 32;
+        }
+        while j < n {
+            let mut acc = _mm256_setzero_ps();
+            for (d, &qd) in q.iter().enumerate() {
+                acc = _mm256_fmadd_ps(
+                    _mm256_set1_ps(qd),
+                    _mm256_loadu_ps(kt.as_ptr().add(d * stride + j)),
+                    acc,
+                );
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(j), acc);
+            j += 8;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sum64(p: &[f32], v: &[f32], out: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            let row = v.as_ptr().add(j * 64);
+            for (b, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * b)), *a);
+            }
+        }
+        for (b, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * b), *a);
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -5,14 +5,26 @@
 //! tokens' absolute positions); the cache appends, attends, lets its [`Method`] observe and
 //! compress, and returns the attention output.
 
-use crate::attention::attend_head;
+use crate::attention::{attend_head, Prepared};
 use crate::method::{HeadStats, Method, Step};
 use crate::store::{HeadStore, KvDtype};
 use rayon::prelude::*;
 
-/// One query head's pass: outputs (n, head_dim), accumulated probabilities per row if the
-/// method asked, and the probabilities of the last queries (window, rows).
-type HeadPass = (Vec<f32>, Option<Vec<f32>>, Vec<f32>);
+/// Queries per parallel task of a prompt chunk.
+const QUERY_BLOCK: usize = 32;
+/// Chunks of at least this many tokens attend through [`Prepared`] heads.
+const PREPARE_MIN: usize = 16;
+
+/// One query head's pass over a block of queries starting at `t0`: outputs (queries,
+/// head_dim), accumulated probabilities per row if the method asked, and the probability rows
+/// of those of its queries that fall in the method's window.
+struct HeadPass {
+    h: usize,
+    t0: usize,
+    outs: Vec<f32>,
+    acc: Option<Vec<f32>>,
+    win: Vec<Vec<f32>>,
+}
 
 /// The attention geometry of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,44 +199,60 @@ impl KvCache {
         let window = needs.window.min(n);
         let scale = 1.0 / (dim as f32).sqrt();
         let stores = &self.heads[layer];
-        // Per query head: its outputs for the n tokens, and what the method asked to see.
-        let per_head: Vec<HeadPass> = (0..n_heads)
+        // Prompt chunks: keys transposed once per key/value head, shared by its query heads.
+        let packed = stores.iter().any(|s| s.packed_rows > 0);
+        let prepared: Vec<Prepared> = if n >= PREPARE_MIN || packed {
+            stores.par_iter().map(Prepared::new).collect()
+        } else {
+            Vec::new()
+        };
+        let blocks = n.div_ceil(QUERY_BLOCK);
+        // Per (query head, block of queries): outputs, and what the method asked to see.
+        let passes: Vec<HeadPass> = (0..n_heads * blocks)
             .into_par_iter()
-            .map(|h| {
+            .map(|task| {
+                let (h, blk) = (task / blocks, task % blocks);
                 let store = &stores[h / group];
-                let base = store.len() - n;
-                let mut outs = vec![0f32; n * dim];
-                let mut probs = Vec::with_capacity(store.len());
-                let mut acc = needs.accumulate.then(|| vec![0f32; store.len()]);
-                let mut win = vec![0f32; window * store.len()];
-                for t in 0..n {
+                let len = store.len();
+                let base = len - n;
+                let (t0, t1) = (blk * QUERY_BLOCK, ((blk + 1) * QUERY_BLOCK).min(n));
+                let mut outs = vec![0f32; (t1 - t0) * dim];
+                let mut probs = Vec::with_capacity(len);
+                let mut acc = needs.accumulate.then(|| vec![0f32; len]);
+                let mut win = Vec::new();
+                for t in t0..t1 {
                     let qo = (t * n_heads + h) * dim;
-                    attend_head(
-                        store,
-                        base + t + 1,
-                        &q[qo..qo + dim],
-                        scale,
-                        &mut outs[t * dim..(t + 1) * dim],
-                        &mut probs,
-                    );
+                    let o = &mut outs[(t - t0) * dim..(t - t0 + 1) * dim];
+                    match prepared.get(h / group) {
+                        Some(p) => p.attend(base + t + 1, &q[qo..qo + dim], scale, o, &mut probs),
+                        None => {
+                            attend_head(store, base + t + 1, &q[qo..qo + dim], scale, o, &mut probs)
+                        }
+                    }
                     if let Some(acc) = acc.as_mut() {
                         for (a, p) in acc.iter_mut().zip(&probs) {
                             *a += p;
                         }
                     }
                     if t + window >= n {
-                        let w = t + window - n;
-                        let len = store.len();
-                        win[w * len..w * len + probs.len()].copy_from_slice(&probs);
+                        let mut row = probs.clone();
+                        row.resize(len, 0.0);
+                        win.push(row);
                     }
                 }
-                (outs, acc, win)
+                HeadPass {
+                    h,
+                    t0,
+                    outs,
+                    acc,
+                    win,
+                }
             })
             .collect();
-        for (h, (outs, _, _)) in per_head.iter().enumerate() {
-            for t in 0..n {
-                let o = (t * n_heads + h) * dim;
-                out[o..o + dim].copy_from_slice(&outs[t * dim..(t + 1) * dim]);
+        for pass in &passes {
+            for (i, o) in pass.outs.chunks_exact(dim).enumerate() {
+                let at = ((pass.t0 + i) * n_heads + pass.h) * dim;
+                out[at..at + dim].copy_from_slice(o);
             }
         }
 
@@ -235,14 +263,20 @@ impl KvCache {
                 stats.window_len = window;
                 stats.window.clear();
                 stats.window.resize(window * len, 0.0);
-                for (_, acc, win) in &per_head[g * group..(g + 1) * group] {
-                    if let Some(acc) = acc {
+                for pass in passes.iter().filter(|p| p.h / group == g) {
+                    if let Some(acc) = &pass.acc {
                         for (a, x) in stats.accumulated.iter_mut().zip(acc) {
                             *a += x;
                         }
                     }
-                    for (a, x) in stats.window.iter_mut().zip(win) {
-                        *a += x;
+                    // The pass's window rows are its last queries, in order; they end the
+                    // window when the pass holds the chunk's last query.
+                    let first = (pass.t0 + pass.outs.len() / dim).saturating_sub(pass.win.len());
+                    for (i, row) in pass.win.iter().enumerate() {
+                        let w = first + i + window - n;
+                        for (a, x) in stats.window[w * len..(w + 1) * len].iter_mut().zip(row) {
+                            *a += x;
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod mathf;
 pub mod method;
 pub mod methods;
+pub mod quant;
 pub mod spec;
 pub mod store;
 

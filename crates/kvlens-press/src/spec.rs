@@ -9,7 +9,12 @@ use crate::methods::{
     streamingllm::StreamingLlm,
     tova::Tova,
 };
+use crate::quant::{fp8::Fp8, gear::Gear, kivi::Kivi, uniform::PerToken, Quantize, Schedule};
 use std::collections::BTreeMap;
+
+/// Tokens per GEAR chunk, and newest tokens GEAR keeps in full precision (its streaming
+/// buffer).
+pub const GEAR_CHUNK: usize = 64;
 use std::fmt;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -43,6 +48,7 @@ pub enum SpecError {
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Int { min: i64, max: i64 },
+    Float { min: f64, max: f64 },
     Choice(&'static [&'static str]),
 }
 
@@ -175,6 +181,77 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "drop the token the current query attends to least",
         paper: "Oren et al. 2024, arXiv:2401.06104",
         params: &[budget("256"), when("decode")],
+    },
+    MethodInfo {
+        name: "kivi",
+        summary: "2/4-bit keys per channel, values per token, recent tokens full precision",
+        paper: "Liu et al. 2024, arXiv:2402.02750",
+        params: &[
+            Param {
+                name: "bits",
+                default: Some("2"),
+                kind: Kind::Choice(&["2", "4"]),
+                help: "bits per value",
+            },
+            Param {
+                name: "group",
+                default: Some("32"),
+                kind: Kind::Int { min: 1, max: 4096 },
+                help: "tokens per key group (and channels per value group)",
+            },
+            Param {
+                name: "residual",
+                default: Some("128"),
+                kind: Kind::Int {
+                    min: 0,
+                    max: 1 << 20,
+                },
+                help: "newest tokens kept in full precision",
+            },
+        ],
+    },
+    MethodInfo {
+        name: "gear",
+        summary: "quantization + low-rank error + sparse outliers",
+        paper: "Kang et al. 2024, arXiv:2403.05527",
+        params: &[
+            Param {
+                name: "bits",
+                default: Some("4"),
+                kind: Kind::Choice(&["2", "4", "8"]),
+                help: "bits per value",
+            },
+            Param {
+                name: "rank",
+                default: Some("4"),
+                kind: Kind::Int { min: 0, max: 64 },
+                help: "rank of the error approximation",
+            },
+            Param {
+                name: "outliers",
+                default: Some("0.02"),
+                kind: Kind::Float { min: 0.0, max: 0.5 },
+                help: "fraction of entries kept exactly",
+            },
+        ],
+    },
+    MethodInfo {
+        name: "int8",
+        summary: "8-bit per-token asymmetric",
+        paper: "-",
+        params: &[],
+    },
+    MethodInfo {
+        name: "int4",
+        summary: "4-bit per-token asymmetric",
+        paper: "-",
+        params: &[],
+    },
+    MethodInfo {
+        name: "fp8",
+        summary: "FP8 E4M3 with a per-token scale",
+        paper: "Micikevicius et al. 2022, arXiv:2209.05433",
+        params: &[],
     },
     MethodInfo {
         name: "knorm",
@@ -395,6 +472,46 @@ impl Spec {
                 recent: 1,
                 when,
             }),
+            "kivi" => Box::new(Quantize {
+                codec: Box::new(Kivi {
+                    bits: self.int("bits") as u32,
+                    group: self.int("group"),
+                }),
+                schedule: Schedule {
+                    group: self.int("group"),
+                    residual: self.int("residual"),
+                },
+            }),
+            "gear" => Box::new(Quantize {
+                codec: Box::new(Gear {
+                    bits: self.int("bits") as u32,
+                    rank: self.int("rank"),
+                    outliers: self
+                        .get("outliers")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.02),
+                }),
+                schedule: Schedule {
+                    group: GEAR_CHUNK,
+                    residual: GEAR_CHUNK,
+                },
+            }),
+            "int8" | "int4" => Box::new(Quantize {
+                codec: Box::new(PerToken {
+                    bits: if self.name == "int8" { 8 } else { 4 },
+                }),
+                schedule: Schedule {
+                    group: 1,
+                    residual: 0,
+                },
+            }),
+            "fp8" => Box::new(Quantize {
+                codec: Box::new(Fp8),
+                schedule: Schedule {
+                    group: 1,
+                    residual: 0,
+                },
+            }),
             "knorm" => Box::new(Select {
                 scorer: KeyNorm,
                 budget,
@@ -434,6 +551,12 @@ fn check(method: &str, p: &Param, v: &str) -> Result<(), SpecError> {
                 return Err(bad(format!("must be in {min}..={max}")));
             }
         }
+        Kind::Float { min, max } => {
+            let x: f64 = v.parse().map_err(|_| bad("not a number".into()))?;
+            if !(min..=max).contains(&x) {
+                return Err(bad(format!("must be in {min}..={max}")));
+            }
+        }
         Kind::Choice(options) => {
             if !options.contains(&v) {
                 return Err(bad(format!("accepted: {}", options.join(", "))));
@@ -447,6 +570,10 @@ fn normalize(p: &Param, v: &str) -> String {
     match p.kind {
         Kind::Int { .. } => v
             .parse::<i64>()
+            .map(|x| x.to_string())
+            .unwrap_or_else(|_| v.to_string()),
+        Kind::Float { .. } => v
+            .parse::<f64>()
             .map(|x| x.to_string())
             .unwrap_or_else(|_| v.to_string()),
         Kind::Choice(_) => v.to_string(),

@@ -4,6 +4,7 @@
 //! token, in a preallocated buffer that grows in place. Rows are kept in the order they were
 //! appended; an eviction compacts the buffer without reallocating.
 
+use crate::quant::{Chunk, Codec};
 use half::f16;
 
 /// The element type the cache stores keys and values in.
@@ -105,13 +106,18 @@ impl Rows {
 }
 
 /// Keys, values and absolute positions of the tokens one key/value head keeps.
-#[derive(Debug, Clone)]
+///
+/// The oldest `packed_rows` rows may be held in quantized chunks (`packed`); `keys` and
+/// `values` hold the dense rows after them.
 pub struct HeadStore {
     pub dim: usize,
     pub keys: Rows,
     pub values: Rows,
-    /// Absolute position of each kept token (rotary position, never renumbered).
+    /// Absolute position of each kept token (rotary position, never renumbered), packed
+    /// rows first.
     pub positions: Vec<u32>,
+    pub packed: Vec<Box<dyn Chunk>>,
+    pub packed_rows: usize,
 }
 
 impl HeadStore {
@@ -121,6 +127,52 @@ impl HeadStore {
             keys: Rows::new(dtype, capacity_tokens * dim),
             values: Rows::new(dtype, capacity_tokens * dim),
             positions: Vec::with_capacity(capacity_tokens),
+            packed: Vec::new(),
+            packed_rows: 0,
+        }
+    }
+
+    /// Rows held dense (f16/f32), after the packed ones.
+    pub fn dense_rows(&self) -> usize {
+        self.positions.len() - self.packed_rows
+    }
+
+    /// Moves the oldest `n` dense rows into one packed chunk made by `codec`.
+    pub fn pack_oldest(&mut self, n: usize, codec: &dyn Codec) {
+        let dim = self.dim;
+        let mut k = vec![0f32; n * dim];
+        let mut v = vec![0f32; n * dim];
+        for i in 0..n {
+            self.keys.row_f32(i, dim, &mut k[i * dim..(i + 1) * dim]);
+            self.values.row_f32(i, dim, &mut v[i * dim..(i + 1) * dim]);
+        }
+        self.packed.push(codec.encode(&k, &v, n, dim));
+        self.packed_rows += n;
+        let keep: Vec<usize> = (n..self.dense_rows() + n).collect();
+        self.keys.retain_rows(&keep, dim);
+        self.values.retain_rows(&keep, dim);
+    }
+
+    /// Every row's keys and values as f32, (len, dim) each: packed chunks decoded.
+    pub fn to_f32(&self, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        let dim = self.dim;
+        keys.clear();
+        keys.resize(self.len() * dim, 0.0);
+        values.clear();
+        values.resize(self.len() * dim, 0.0);
+        let mut at = 0;
+        for c in &self.packed {
+            let r = c.rows();
+            c.decode(
+                &mut keys[at * dim..(at + r) * dim],
+                &mut values[at * dim..(at + r) * dim],
+            );
+            at += r;
+        }
+        for i in 0..self.dense_rows() {
+            let o = (at + i) * dim;
+            self.keys.row_f32(i, dim, &mut keys[o..o + dim]);
+            self.values.row_f32(i, dim, &mut values[o..o + dim]);
         }
     }
 
@@ -156,9 +208,11 @@ impl HeadStore {
         self.positions.push(pos);
     }
 
-    /// Keeps only the listed rows (sorted ascending, unique).
+    /// Keeps only the listed rows (sorted ascending, unique). Token selection runs on dense
+    /// heads only: a spec names one method.
     pub fn retain(&mut self, keep: &[usize]) {
         debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(self.packed_rows, 0, "selection over packed rows");
         self.keys.retain_rows(keep, self.dim);
         self.values.retain_rows(keep, self.dim);
         for (dst, &src) in keep.iter().enumerate() {
@@ -174,12 +228,15 @@ impl HeadStore {
             Rows::F32(_) => 4,
         };
         (self.keys.elems() + self.values.elems()) * per
+            + self.packed.iter().map(|c| c.bytes()).sum::<usize>()
     }
 
     pub fn clear(&mut self) {
         self.keys.clear();
         self.values.clear();
         self.positions.clear();
+        self.packed.clear();
+        self.packed_rows = 0;
     }
 }
 

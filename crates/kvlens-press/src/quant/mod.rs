@@ -1,0 +1,119 @@
+//! Quantized KV storage: rows packed in chunks, dequantized only to attend.
+//!
+//! A [`Codec`] turns a chunk of rows (keys and values of one key/value head) into a
+//! [`Chunk`] that holds nothing but its packed codes, scales, zero points, low-rank factors
+//! and outliers; [`Chunk::bytes`] counts exactly those. The [`Quantize`] method moves rows
+//! from the head's dense (f16/f32) tail into chunks as its schedule says.
+
+pub mod fp8;
+pub mod gear;
+pub mod kivi;
+pub mod uniform;
+
+use crate::cache::CacheShape;
+use crate::method::{HeadStats, Method, Step};
+use crate::store::HeadStore;
+
+/// A packed chunk of rows.
+pub trait Chunk: Send + Sync {
+    fn rows(&self) -> usize;
+    /// Bytes held: codes, scales, zero points, factors, outliers.
+    fn bytes(&self) -> usize;
+    /// Writes the dequantized keys and values, (rows, dim) each.
+    fn decode(&self, keys: &mut [f32], values: &mut [f32]);
+}
+
+/// Packs `rows` rows of keys and values, (rows, dim) each.
+pub trait Codec: Send + Sync {
+    fn encode(&self, keys: &[f32], values: &[f32], rows: usize, dim: usize) -> Box<dyn Chunk>;
+}
+
+/// Asymmetric uniform quantization of `x` to `bits` with the given min and scale; codes
+/// clamp to `0..2^bits`.
+#[inline]
+pub fn quantize_code(x: f32, min: f32, inv_scale: f32, bits: u32) -> u8 {
+    let q = ((x - min) * inv_scale).round();
+    q.clamp(0.0, ((1u32 << bits) - 1) as f32) as u8
+}
+
+/// Packs codes of `bits` (1, 2, 4 or 8) little-end first into bytes.
+pub fn pack(codes: &[u8], bits: u32) -> Vec<u8> {
+    let per = (8 / bits) as usize;
+    let mut out = vec![0u8; codes.len().div_ceil(per)];
+    for (i, &c) in codes.iter().enumerate() {
+        out[i / per] |= c << ((i % per) as u32 * bits);
+    }
+    out
+}
+
+pub fn unpack(packed: &[u8], bits: u32, i: usize) -> u8 {
+    let per = (8 / bits) as usize;
+    (packed[i / per] >> ((i % per) as u32 * bits)) & ((1u16 << bits) - 1) as u8
+}
+
+/// When rows move from the dense tail into packed chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Rows per chunk.
+    pub group: usize,
+    /// Newest rows always kept in full precision.
+    pub residual: usize,
+}
+
+/// A quantizing method: packs the oldest dense rows in chunks of `group`, keeping the newest
+/// `residual` rows in full precision.
+pub struct Quantize {
+    pub codec: Box<dyn Codec>,
+    pub schedule: Schedule,
+}
+
+impl Method for Quantize {
+    fn compress(
+        &mut self,
+        _layer: usize,
+        _: &CacheShape,
+        heads: &mut [HeadStore],
+        _: &mut [HeadStats],
+        _: Step,
+    ) {
+        let Schedule { group, residual } = self.schedule;
+        for store in heads {
+            while store.dense_rows() >= residual + group {
+                store.pack_oldest(group, self.codec.as_ref());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Deterministic pseudo-random rows in [-scale, scale).
+    pub fn rows(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_round_trips_every_width() {
+        for bits in [1u32, 2, 4, 8] {
+            let codes: Vec<u8> = (0..37).map(|i| (i * 7 % (1 << bits)) as u8).collect();
+            let p = pack(&codes, bits);
+            assert_eq!(p.len(), (37 * bits as usize).div_ceil(8));
+            for (i, &c) in codes.iter().enumerate() {
+                assert_eq!(unpack(&p, bits, i), c);
+            }
+        }
+    }
+}
