@@ -10,4 +10,8 @@ cargo build --release --locked -p kvlens-cli
 "$CARGO_TARGET_DIR/release/kvlens" models fetch
 cargo fmt --all -- --check
 cargo clippy --release --locked --all-targets -- -D warnings
-cargo test --release --locked --workspace
+log="$(mktemp)"
+cargo test --release --locked --workspace 2>&1 | tee "$log"
+# One closing line over every test binary (cargo's own last line is a doc-test binary's).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "kvlens: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+rm -f "$log"

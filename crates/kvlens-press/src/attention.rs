@@ -61,7 +61,8 @@ pub fn attend_head(
 /// A head's keys transposed and values widened to f32, made once per prompt chunk so that
 /// many queries can attend without converting or reducing per row.
 pub struct Prepared {
-    /// (dim, stride): `kt[d·stride + j]` is dimension `d` of key `j`.
+    /// Transposed, (dim, stride): `kt[d·stride + j]` is dimension `d` of key `j`; or, when
+    /// `stride` is 0, the keys row by row (len, dim) for single queries.
     pub kt: Vec<f32>,
     /// (len, dim).
     pub v: Vec<f32>,
@@ -71,24 +72,39 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(store: &HeadStore) -> Self {
+    /// `transpose` for many queries (prompt chunks); row by row for a few (decode steps).
+    pub fn new(store: &HeadStore, transpose: bool) -> Self {
+        let mut p = Self {
+            kt: Vec::new(),
+            v: Vec::new(),
+            stride: 0,
+            dim: store.dim,
+            f16: false,
+        };
+        p.refill(store, transpose, &mut Vec::new());
+        p
+    }
+
+    /// As [`Prepared::new`], reusing this one's buffers (and `scratch` for transposing).
+    pub fn refill(&mut self, store: &HeadStore, transpose: bool, scratch: &mut Vec<f32>) {
         let (len, dim) = (store.len(), store.dim);
-        let stride = len.div_ceil(8) * 8;
-        let mut kt = vec![0f32; dim * stride];
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        store.to_f32(&mut k, &mut v);
-        for (j, row) in k.chunks_exact(dim).enumerate() {
-            for (d, &x) in row.iter().enumerate() {
-                kt[d * stride + j] = x;
-            }
+        self.dim = dim;
+        self.f16 = matches!(store.keys, Rows::F16(_));
+        if !transpose {
+            store.to_f32(&mut self.kt, &mut self.v);
+            self.stride = 0;
+            return;
         }
-        Self {
-            kt,
-            v,
-            stride,
-            dim,
-            f16: matches!(store.keys, Rows::F16(_)),
+        store.to_f32(scratch, &mut self.v);
+        let stride = len.div_ceil(8) * 8;
+        self.stride = stride;
+        self.kt.resize(dim * stride, 0.0);
+        for d in 0..dim {
+            let row = &mut self.kt[d * stride..(d + 1) * stride];
+            for (j, x) in row[..len].iter_mut().enumerate() {
+                *x = scratch[j * dim + d];
+            }
+            row[len..].fill(0.0);
         }
     }
 
@@ -113,9 +129,17 @@ impl Prepared {
             };
         }
         probs.clear();
-        probs.resize(limit.div_ceil(8) * 8, 0.0);
-        scores_t(qh, &self.kt, self.stride, probs);
-        probs.truncate(limit);
+        if self.stride == 0 {
+            probs.extend(
+                self.kt[..limit * dim]
+                    .chunks_exact(dim)
+                    .map(|k| dot_f32(qh, k)),
+            );
+        } else {
+            probs.resize(limit.div_ceil(8) * 8, 0.0);
+            scores_t(qh, &self.kt, self.stride, probs);
+            probs.truncate(limit);
+        }
         for p in probs.iter_mut() {
             *p *= scale;
         }

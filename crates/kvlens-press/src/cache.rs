@@ -58,6 +58,8 @@ pub struct KvCache {
     seen: usize,
     peak_bytes: usize,
     bytes_now: Vec<usize>,
+    /// Reused per key/value head: f32 views of what is kept, and a transposing buffer.
+    prepared: Vec<(Prepared, Vec<f32>)>,
 }
 
 impl KvCache {
@@ -86,6 +88,7 @@ impl KvCache {
             seen: 0,
             peak_bytes: 0,
             bytes_now: vec![0; shape.n_layers],
+            prepared: Vec::new(),
         }
     }
 
@@ -201,11 +204,21 @@ impl KvCache {
         let stores = &self.heads[layer];
         // Prompt chunks: keys transposed once per key/value head, shared by its query heads.
         let packed = stores.iter().any(|s| s.packed_rows > 0);
-        let prepared: Vec<Prepared> = if n >= PREPARE_MIN || packed {
-            stores.par_iter().map(Prepared::new).collect()
-        } else {
-            Vec::new()
-        };
+        let use_prepared = n >= PREPARE_MIN || packed;
+        if use_prepared {
+            let transpose = n >= PREPARE_MIN;
+            self.prepared.resize_with(stores.len(), || {
+                (
+                    Prepared::new(&HeadStore::new(self.dtype, dim, 0), false),
+                    Vec::new(),
+                )
+            });
+            self.prepared
+                .par_iter_mut()
+                .zip(stores.par_iter())
+                .for_each(|((p, scratch), s)| p.refill(s, transpose, scratch));
+        }
+        let prepared: &[(Prepared, Vec<f32>)] = if use_prepared { &self.prepared } else { &[] };
         let blocks = n.div_ceil(QUERY_BLOCK);
         // Per (query head, block of queries): outputs, and what the method asked to see.
         let passes: Vec<HeadPass> = (0..n_heads * blocks)
@@ -223,7 +236,7 @@ impl KvCache {
                 for t in t0..t1 {
                     let qo = (t * n_heads + h) * dim;
                     let o = &mut outs[(t - t0) * dim..(t - t0 + 1) * dim];
-                    match prepared.get(h / group) {
+                    match prepared.get(h / group).map(|(p, _)| p) {
                         Some(p) => p.attend(base + t + 1, &q[qo..qo + dim], scale, o, &mut probs),
                         None => {
                             attend_head(store, base + t + 1, &q[qo..qo + dim], scale, o, &mut probs)

@@ -153,12 +153,11 @@ impl HeadStore {
         self.values.retain_rows(&keep, dim);
     }
 
-    /// Every row's keys and values as f32, (len, dim) each: packed chunks decoded.
+    /// Every row's keys and values as f32, (len, dim) each: packed chunks decoded. The
+    /// buffers' earlier contents are overwritten, not cleared first.
     pub fn to_f32(&self, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
         let dim = self.dim;
-        keys.clear();
         keys.resize(self.len() * dim, 0.0);
-        values.clear();
         values.resize(self.len() * dim, 0.0);
         let mut at = 0;
         for c in &self.packed {

@@ -25,6 +25,11 @@ pub fn e4m3_to_f32(b: u8) -> f32 {
     sign * mag
 }
 
+fn decode_table() -> &'static [f32; 256] {
+    static LUT: OnceLock<[f32; 256]> = OnceLock::new();
+    LUT.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
+}
+
 /// The nearest E4M3 byte to `x` (ties to the even code), saturating at ±448.
 pub fn f32_to_e4m3(x: f32) -> u8 {
     static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
@@ -95,8 +100,9 @@ impl Chunk for Packed {
             } else {
                 &mut values[(r - self.rows) * dim..(r - self.rows + 1) * dim]
             };
+            let lut = decode_table();
             for (o, &c) in out.iter_mut().zip(&self.codes[r * dim..(r + 1) * dim]) {
-                *o = e4m3_to_f32(c) * s;
+                *o = lut[c as usize] * s;
             }
         }
     }

@@ -8,7 +8,7 @@
 //! `rank` factors (a few power iterations of a randomized range finder), stored in f16.
 
 use super::uniform::quantize_row;
-use super::{pack, unpack, Chunk, Codec};
+use super::{dequant_run, pack, Chunk, Codec};
 use half::f16;
 
 pub struct Gear {
@@ -181,14 +181,16 @@ impl Codec for Gear {
 impl Packed {
     fn decode_matrix(&self, m: &Matrix, out: &mut [f32]) {
         let (dim, r) = (self.dim, self.rank);
+        let a: Vec<f32> = m.a.iter().map(|x| x.to_f32()).collect();
+        let b: Vec<f32> = m.b.iter().map(|x| x.to_f32()).collect();
         for (row, (mn, s)) in m.params.iter().enumerate() {
-            for d in 0..dim {
-                let q = unpack(&m.codes, self.bits, row * dim + d) as f32;
-                let mut x = mn.to_f32() + s.to_f32() * q;
-                for k in 0..r {
-                    x += m.a[row * r + k].to_f32() * m.b[k * dim + d].to_f32();
+            let o = &mut out[row * dim..(row + 1) * dim];
+            dequant_run(&m.codes, self.bits, row * dim, mn.to_f32(), s.to_f32(), o);
+            for k in 0..r {
+                let ak = a[row * r + k];
+                for (x, bk) in o.iter_mut().zip(&b[k * dim..(k + 1) * dim]) {
+                    *x += ak * bk;
                 }
-                out[row * dim + d] = x;
             }
         }
         for &(i, v) in &m.sparse {

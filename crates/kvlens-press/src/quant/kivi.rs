@@ -5,7 +5,7 @@
 //! (arXiv:2402.02750). Keys have outlier channels, so each channel gets its own range over
 //! a group of tokens; values are quantized per token. Scales and zero points are f16.
 
-use super::{pack, quantize_code, unpack, Chunk, Codec};
+use super::{dequant_run, pack, quantize_code, unpack, Chunk, Codec};
 use half::f16;
 
 pub struct Kivi {
@@ -91,19 +91,41 @@ impl Chunk for Packed {
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
         let dim = self.dim;
+        let params: Vec<(f32, f32)> = self
+            .key_params
+            .iter()
+            .map(|(m, s)| (m.to_f32(), s.to_f32()))
+            .collect();
         for r in 0..self.rows {
-            for d in 0..dim {
-                let (m, s) = self.key_params[d];
-                let c = unpack(&self.key_codes, self.bits, r * dim + d) as f32;
-                keys[r * dim + d] = m.to_f32() + s.to_f32() * c;
+            let row = &mut keys[r * dim..(r + 1) * dim];
+            dequant_run(&self.key_codes, self.bits, r * dim, 0.0, 1.0, row);
+            for (x, (m, s)) in row.iter_mut().zip(&params) {
+                *x = m + s * *x;
             }
         }
         let groups = dim.div_ceil(self.vgroup);
         for r in 0..self.rows {
-            for d in 0..dim {
-                let (m, s) = self.value_params[r * groups + d / self.vgroup];
-                let c = unpack(&self.value_codes, self.bits, r * dim + d) as f32;
-                values[r * dim + d] = m.to_f32() + s.to_f32() * c;
+            for g in 0..groups {
+                let (m, s) = self.value_params[r * groups + g];
+                let d0 = g * self.vgroup;
+                let d1 = (d0 + self.vgroup).min(dim);
+                let start = r * dim + d0;
+                let out = &mut values[start..r * dim + d1];
+                if (start * self.bits as usize).is_multiple_of(8) {
+                    dequant_run(
+                        &self.value_codes,
+                        self.bits,
+                        start,
+                        m.to_f32(),
+                        s.to_f32(),
+                        out,
+                    );
+                } else {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = m.to_f32()
+                            + s.to_f32() * unpack(&self.value_codes, self.bits, start + i) as f32;
+                    }
+                }
             }
         }
     }

@@ -46,6 +46,39 @@ pub fn pack(codes: &[u8], bits: u32) -> Vec<u8> {
     out
 }
 
+/// Writes `m + s·code` for `out.len()` codes starting at code `start` (`start·bits` a
+/// multiple of 8).
+pub fn dequant_run(packed: &[u8], bits: u32, start: usize, m: f32, s: f32, out: &mut [f32]) {
+    let at = start * bits as usize / 8;
+    match bits {
+        8 => {
+            for (o, &b) in out.iter_mut().zip(&packed[at..]) {
+                *o = m + s * b as f32;
+            }
+        }
+        4 => {
+            for (pair, &b) in out.chunks_mut(2).zip(&packed[at..]) {
+                pair[0] = m + s * (b & 0xF) as f32;
+                if let Some(o) = pair.get_mut(1) {
+                    *o = m + s * (b >> 4) as f32;
+                }
+            }
+        }
+        2 => {
+            for (quad, &b) in out.chunks_mut(4).zip(&packed[at..]) {
+                for (k, o) in quad.iter_mut().enumerate() {
+                    *o = m + s * ((b >> (2 * k)) & 3) as f32;
+                }
+            }
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = m + s * unpack(packed, bits, start + i) as f32;
+            }
+        }
+    }
+}
+
 pub fn unpack(packed: &[u8], bits: u32, i: usize) -> u8 {
     let per = (8 / bits) as usize;
     (packed[i / per] >> ((i % per) as u32 * bits)) & ((1u16 << bits) - 1) as u8
@@ -104,6 +137,19 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dequant_runs_match_single_unpacks() {
+        for bits in [2u32, 4, 8] {
+            let codes: Vec<u8> = (0..128).map(|i| (i * 5 % (1 << bits)) as u8).collect();
+            let p = pack(&codes, bits);
+            let mut out = vec![0f32; 64];
+            dequant_run(&p, bits, 64, 1.0, 0.5, &mut out);
+            for (i, o) in out.iter().enumerate() {
+                assert_eq!(*o, 1.0 + 0.5 * codes[64 + i] as f32);
+            }
+        }
+    }
 
     #[test]
     fn packing_round_trips_every_width() {

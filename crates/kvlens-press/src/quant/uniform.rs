@@ -1,7 +1,7 @@
 //! Per-token asymmetric integer quantization (`int8`, `int4`): every row of keys and of
 //! values gets its own minimum and scale (f16), codes of `bits` packed.
 
-use super::{pack, quantize_code, unpack, Chunk, Codec};
+use super::{dequant_run, pack, quantize_code, Chunk, Codec};
 use half::f16;
 
 pub struct PerToken {
@@ -71,9 +71,7 @@ impl Chunk for Packed {
             } else {
                 &mut values[(r - self.rows) * self.dim..(r - self.rows + 1) * self.dim]
             };
-            for (d, o) in out.iter_mut().enumerate() {
-                *o = m + s * unpack(&self.codes, self.bits, r * self.dim + d) as f32;
-            }
+            dequant_run(&self.codes, self.bits, r * self.dim, m, s, out);
         }
         debug_assert!(self.params.len() * self.dim == 2 * n);
     }
