@@ -153,6 +153,13 @@ impl Weight {
         debug_assert_eq!(out.len(), n * self.rows());
         match self {
             Weight::Q4_1 { data, rows, cols } => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // Worth unpacking rows into 512-bit form only when many tokens share them.
+                    if q8.n >= 16 && x86::has_avx512() && (cols / QK).is_multiple_of(2) {
+                        return matmul_q4_1_avx512(data.as_slice(), *rows, *cols, q8, out);
+                    }
+                }
                 matmul_blocks::<Q41>(data.as_slice(), *rows, *cols, q8, out)
             }
             Weight::Q8_0 { data, rows, cols } => {
@@ -332,6 +339,43 @@ fn matmul_blocks<K: BlockKind>(
     });
 }
 
+/// Q4_1 × Q8_1 with 512-bit registers: two blocks per instruction, the activation scales
+/// spread over lanes once per call. Same integer products and scales as the AVX2 kernel;
+/// only the order of the final float sums differs.
+#[cfg(target_arch = "x86_64")]
+fn matmul_q4_1_avx512(data: &[u8], rows: usize, cols: usize, acts: &Q8Acts, out: &mut [f32]) {
+    let nb = cols / QK;
+    let n = acts.n;
+    // (token, block, 8 lanes): each block's activation scale repeated over its 8 lanes.
+    let da8: Vec<f32> = acts.d.iter().flat_map(|&d| [d; 8]).collect();
+    let ptr = OutPtr(out.as_mut_ptr());
+    let chunk = row_chunk(rows);
+    const TOKEN_TILE: usize = 64;
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let r0 = c * chunk;
+        let r1 = (r0 + chunk).min(rows);
+        let mut scratch = x86::RowScratch::new(nb);
+        for tile in (0..n).step_by(TOKEN_TILE) {
+            let tile_end = (tile + TOKEN_TILE).min(n);
+            for r in r0..r1 {
+                let row = &data[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
+                // SAFETY: AVX-512 F/BW/DQ/VL/VNNI detected; `row` holds `nb` blocks and the
+                // activations `n` rows of `nb` blocks.
+                unsafe {
+                    scratch.unpack_q4_1(row);
+                    for t0 in (tile..tile_end).step_by(4) {
+                        let tn = (tile_end - t0).min(4);
+                        let y = scratch.dot4(acts, &da8, t0, tn);
+                        for (i, &v) in y.iter().enumerate().take(tn) {
+                            ptr.write((t0 + i) * rows + r, v);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     let n = x.len() / cols;
     let ptr = OutPtr(out.as_mut_ptr());
@@ -373,6 +417,90 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    pub fn has_avx512() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// One Q4_1 weight row unpacked for 512-bit products: per pair of blocks, the 64 4-bit
+    /// values as bytes and the two weight scales spread over 8 lanes each.
+    pub struct RowScratch {
+        w: Vec<__m512i>,
+        dw: Vec<__m512>,
+        m: Vec<f32>,
+    }
+
+    impl RowScratch {
+        pub fn new(nb: usize) -> Self {
+            // SAFETY: zeroed vectors are valid values of these types.
+            unsafe {
+                Self {
+                    w: vec![_mm512_setzero_si512(); nb / 2],
+                    dw: vec![_mm512_setzero_ps(); nb / 2],
+                    m: vec![0.0; nb],
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn unpack_q4_1(&mut self, row: &[u8]) {
+            let low = _mm_set1_epi8(0x0F);
+            for p in 0..self.w.len() {
+                let mut halves = [_mm256_setzero_si256(); 2];
+                let mut scales = [0f32; 2];
+                for (k, h) in halves.iter_mut().enumerate() {
+                    let b = 2 * p + k;
+                    let at = b * super::Q4_1_BYTES;
+                    scales[k] = half(row, at);
+                    self.m[b] = half(row, at + 2);
+                    let packed = _mm_loadu_si128(row.as_ptr().add(at + 4) as *const __m128i);
+                    let lo = _mm_and_si128(packed, low);
+                    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                    *h = _mm256_set_m128i(hi, lo);
+                }
+                self.w[p] = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+                self.dw[p] = _mm512_insertf32x8(
+                    _mm512_castps256_ps512(_mm256_set1_ps(scales[0])),
+                    _mm256_set1_ps(scales[1]),
+                    1,
+                );
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn dot4(&self, acts: &Q8Acts, da8: &[f32], t0: usize, tn: usize) -> [f32; 4] {
+            let nb = self.m.len();
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let qs = acts.qs.as_ptr();
+            for p in 0..self.w.len() {
+                let (w, dw) = (self.w[p], self.dw[p]);
+                for (i, a) in acc.iter_mut().enumerate().take(tn) {
+                    let ab = (t0 + i) * nb + 2 * p;
+                    let x = _mm512_loadu_si512(qs.add(ab * QK) as *const _);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(da8.as_ptr().add(ab * 8)));
+                    *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), *a);
+                }
+            }
+            let mut y = [0f32; 4];
+            for (i, yi) in y.iter_mut().enumerate().take(tn) {
+                let s = &acts.s[(t0 + i) * nb..(t0 + i + 1) * nb];
+                let offs: f32 = self.m.iter().zip(s).map(|(m, s)| m * s).sum();
+                *yi = _mm512_reduce_add_ps(acc[i]) + offs;
+            }
+            y
+        }
     }
 
     /// Whether AVX-512 VNNI (with VL) can sum u8×i8 products in one instruction.

@@ -36,9 +36,7 @@ pub fn attend_head(
             for (d, &x) in qh.iter_mut().zip(q) {
                 *d = f16::from_f32(x).to_f32();
             }
-            for (j, p) in probs.iter_mut().enumerate() {
-                *p = dot_f16(qh, &k[j * dim..(j + 1) * dim]) * scale;
-            }
+            scores_f16(qh, &k[..limit * dim], scale, probs);
             softmax_in_place(probs);
             for (j, &p) in probs.iter().enumerate() {
                 let p = f16::from_f32(p).to_f32();
@@ -205,7 +203,41 @@ pub fn softmax_in_place(x: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn softmax_fma(x: &mut [f32]) {
-    softmax_impl(x)
+    use std::arch::x86_64::*;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    let full = x.len() / 16 * 16;
+    let mv = _mm256_set1_ps(max);
+    for chunk in x[..full].chunks_exact_mut(16) {
+        let mut lanes = [0f32; 16];
+        for h in 0..2 {
+            let p = chunk.as_mut_ptr().add(8 * h);
+            let e = mathf::expf8(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+            _mm256_storeu_ps(p, e);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * h), e);
+        }
+        sum += mathf::reduce16(&lanes) as f64;
+    }
+    if full < x.len() {
+        let mut lanes = [0f32; 16];
+        for (l, v) in lanes.iter_mut().zip(x[full..].iter_mut()) {
+            *v = mathf::expf(*v - max);
+            *l = *v;
+        }
+        sum += mathf::reduce16(&lanes) as f64;
+    }
+    let inv = _mm256_set1_ps((1.0 / sum) as f32);
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        _mm256_storeu_ps(
+            c.as_mut_ptr(),
+            _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv),
+        );
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in chunks.into_remainder() {
+        *v *= inv;
+    }
 }
 
 #[inline(always)]
@@ -223,6 +255,22 @@ fn softmax_impl(x: &mut [f32]) {
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// `out[j] = (q · k_j) · scale` for every f16 key row of `k`.
+fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
+    let dim = q.len();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma_f16c() && dim.is_multiple_of(8) {
+            // SAFETY: features detected; `k` holds `out.len()` rows of `dim`.
+            unsafe { x86::scores_f16(q, k, scale, out) };
+            return;
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f16(q, &k[j * dim..(j + 1) * dim]) * scale;
     }
 }
 
@@ -324,6 +372,40 @@ mod x86 {
             i += 8;
         }
         hsum(acc)
+    }
+
+    /// Four key rows at a time, their sums reduced together.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
+        let dim = q.len();
+        let n = out.len();
+        let kp = k.as_ptr() as *const u16;
+        let mut j = 0;
+        while j + 4 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut d = 0;
+            while d < dim {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(d));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(
+                        kp.add((j + r) * dim + d) as *const __m128i
+                    ));
+                    *a = _mm256_fmadd_ps(qv, kv, *a);
+                }
+                d += 8;
+            }
+            // Horizontal sums of the four accumulators at once.
+            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+            let s = _mm256_hadd_ps(s01, s23);
+            let sum = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            _mm_storeu_ps(out.as_mut_ptr().add(j), _mm_mul_ps(sum, _mm_set1_ps(scale)));
+            j += 4;
+        }
+        while j < n {
+            out[j] = dot_f16(q, &k[j * dim..(j + 1) * dim]) * scale;
+            j += 1;
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -26,6 +26,48 @@ pub fn expf(x: f32) -> f32 {
     scalef(j, n)
 }
 
+/// [`expf`] on 8 lanes: the same operations lane by lane, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn expf8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let r = c(0x4B40_0000);
+    let z = _mm256_fmadd_ps(x, c(0x3FB8_AA3B), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(n, c(0x3F31_7200), x);
+    let b = _mm256_fnmadd_ps(n, c(0x35BF_BE8E), b);
+    let u = _mm256_mul_ps(b, b);
+    let p0 = _mm256_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17));
+    let p1 = _mm256_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB));
+    let p2 = _mm256_fmadd_ps(c(0x3F7F_FFF6), b, _mm256_set1_ps(1.0));
+    let j = _mm256_fmadd_ps(_mm256_fmadd_ps(p0, u, p1), u, p2);
+    // Lanes with n in the normal range: j·2ⁿ by building 2ⁿ from its exponent bits; the rare
+    // others fall back to the scalar routine.
+    let ni = _mm256_cvtps_epi32(n);
+    let in_range = _mm256_and_ps(
+        _mm256_cmp_ps(n, _mm256_set1_ps(-126.0), _CMP_GE_OQ),
+        _mm256_cmp_ps(n, _mm256_set1_ps(127.0), _CMP_LE_OQ),
+    );
+    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(ni, _mm256_set1_epi32(127)),
+        23,
+    ));
+    let res = _mm256_mul_ps(j, pow2);
+    if _mm256_movemask_ps(in_range) == 0xFF {
+        return res;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), x);
+    for l in &mut lanes {
+        *l = expf(*l);
+    }
+    _mm256_loadu_ps(lanes.as_ptr())
+}
+
 /// `j · 2ⁿ` for integral `n`, rounded once (as `_mm512_scalef_ps`).
 #[inline(always)]
 fn scalef(j: f32, n: f32) -> f32 {
@@ -105,6 +147,24 @@ mod tests {
         assert_eq!(expf(0.0), 1.0);
         assert_eq!(expf(-200.0), 0.0);
         assert!(expf(100.0).is_infinite());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_has_the_scalar_bits() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+            return;
+        }
+        for i in -1300..100 {
+            let xs: [f32; 8] = std::array::from_fn(|l| (i * 8 + l as i32) as f32 * 0.0137);
+            let mut out = [0f32; 8];
+            // SAFETY: features checked above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), expf8(_mm256_loadu_ps(xs.as_ptr()))) };
+            for (x, y) in xs.iter().zip(out) {
+                assert_eq!(expf(*x).to_bits(), y.to_bits(), "exp({x})");
+            }
+        }
     }
 
     #[test]
