@@ -354,20 +354,35 @@ fn matmul_q4_1_avx512(data: &[u8], rows: usize, cols: usize, acts: &Q8Acts, out:
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(rows);
-        let mut scratch = x86::RowScratch::new(nb);
+        let mut scratch: [x86::RowScratch; 4] = std::array::from_fn(|_| x86::RowScratch::new(nb));
         for tile in (0..n).step_by(TOKEN_TILE) {
             let tile_end = (tile + TOKEN_TILE).min(n);
-            for r in r0..r1 {
-                let row = &data[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
-                // SAFETY: AVX-512 F/BW/DQ/VL/VNNI detected; `row` holds `nb` blocks and the
-                // activations `n` rows of `nb` blocks.
+            for rg in (r0..r1).step_by(4) {
+                let rn = (r1 - rg).min(4);
+                // SAFETY: AVX-512 F/BW/DQ/VL/VNNI detected; each row holds `nb` blocks and the
+                // activations `n` rows of `nb` blocks; (t, r) pairs are this task's own.
                 unsafe {
-                    scratch.unpack_q4_1(row);
+                    for (i, sc) in scratch.iter_mut().enumerate().take(rn) {
+                        let r = rg + i;
+                        sc.unpack_q4_1(&data[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES]);
+                    }
                     for t0 in (tile..tile_end).step_by(4) {
                         let tn = (tile_end - t0).min(4);
-                        let y = scratch.dot4(acts, &da8, t0, tn);
-                        for (i, &v) in y.iter().enumerate().take(tn) {
-                            ptr.write((t0 + i) * rows + r, v);
+                        if rn == 4 && tn == 4 {
+                            // Four rows by four tokens: each activation load serves four rows.
+                            let y = x86::dot_tile4(&scratch, acts, &da8, t0);
+                            for (ri, yr) in y.iter().enumerate() {
+                                for (ti, &v) in yr.iter().enumerate() {
+                                    ptr.write((t0 + ti) * rows + rg + ri, v);
+                                }
+                            }
+                        } else {
+                            for (ri, sc) in scratch.iter().enumerate().take(rn) {
+                                let y = sc.dot4(acts, &da8, t0, tn);
+                                for (ti, &v) in y.iter().enumerate().take(tn) {
+                                    ptr.write((t0 + ti) * rows + rg + ri, v);
+                                }
+                            }
                         }
                     }
                 }
@@ -501,6 +516,42 @@ mod x86 {
             }
             y
         }
+    }
+
+    /// Four rows × four tokens of [`RowScratch::dot4`], sharing each activation load.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_tile4(
+        rows: &[RowScratch; 4],
+        acts: &Q8Acts,
+        da8: &[f32],
+        t0: usize,
+    ) -> [[f32; 4]; 4] {
+        let nb = rows[0].m.len();
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let qs = acts.qs.as_ptr();
+        for p in 0..rows[0].w.len() {
+            for t in 0..4 {
+                let ab = (t0 + t) * nb + 2 * p;
+                let x = _mm512_loadu_si512(qs.add(ab * QK) as *const _);
+                let da = _mm512_loadu_ps(da8.as_ptr().add(ab * 8));
+                for r in 0..4 {
+                    let dot =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), *rows[r].w.get_unchecked(p), x);
+                    let scale = _mm512_mul_ps(*rows[r].dw.get_unchecked(p), da);
+                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
+                }
+            }
+        }
+        let mut y = [[0f32; 4]; 4];
+        for r in 0..4 {
+            for t in 0..4 {
+                let s = &acts.s[(t0 + t) * nb..(t0 + t + 1) * nb];
+                let offs: f32 = rows[r].m.iter().zip(s).map(|(m, s)| m * s).sum();
+                y[r][t] = _mm512_reduce_add_ps(acc[r][t]) + offs;
+            }
+        }
+        y
     }
 
     /// Whether AVX-512 VNNI (with VL) can sum u8×i8 products in one instruction.
