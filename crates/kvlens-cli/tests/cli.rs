@@ -175,3 +175,26 @@ fn methods_lists_every_method() {
         assert!(out.contains(m), "{m} missing from {out}");
     }
 }
+
+#[test]
+fn a_broken_model_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.gguf");
+    std::fs::write(&bad, b"GGUF but not really a model").unwrap();
+    let o = kvlens(&[
+        "generate",
+        "--model",
+        bad.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("broken.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+    let o = kvlens(&["generate", "--model", "hf:only-org", "--prompt", "hi"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("hf:ORG/NAME"), "{err}");
+}
