@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Manage models: fetch the default model, list known methods.
+    /// Manage models: fetch the default model, show where it is.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
