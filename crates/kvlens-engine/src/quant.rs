@@ -759,6 +759,40 @@ mod tests {
     }
 
     #[test]
+    fn prompt_kernels_agree_with_the_per_token_kernel() {
+        // 37 rows (not a multiple of the 4-row tile), 22 tokens (tile of 4 plus a remainder),
+        // 96 columns: the many-token path against the same rows taken 2 tokens at a time.
+        let (rows, cols, n) = (37, 96, 22);
+        let mut seed = 9;
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
+        let wq = Weight::Q4_1 {
+            data: Bytes::Owned(Arc::new(pack_q4_1(&w))),
+            rows,
+            cols,
+        };
+        let mut all = vec![0f32; n * rows];
+        wq.matmul(&x, &Q8Acts::quantize(&x, cols), &mut all);
+        for t0 in (0..n).step_by(2) {
+            let xs = &x[t0 * cols..(t0 + 2) * cols];
+            let mut part = vec![0f32; 2 * rows];
+            wq.matmul(xs, &Q8Acts::quantize(xs, cols), &mut part);
+            for (i, (a, b)) in all[t0 * rows..(t0 + 2) * rows]
+                .iter()
+                .zip(&part)
+                .enumerate()
+            {
+                assert!(
+                    (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                    "token {} row {}: {a} vs {b}",
+                    t0 + i / rows,
+                    i % rows
+                );
+            }
+        }
+    }
+
+    #[test]
     fn activation_quantization_follows_llama_cpp() {
         let mut x = vec![0f32; 32];
         x[0] = 127.0;
