@@ -92,16 +92,19 @@ impl Chunk for Packed {
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
-        let dim = self.dim;
-        for (r, s) in self.scales.iter().enumerate() {
+        // Rows in the order they were encoded: keys, then values.
+        let lut = decode_table();
+        let out = keys
+            .chunks_exact_mut(self.dim)
+            .chain(values.chunks_exact_mut(self.dim));
+        for ((s, row), codes) in self
+            .scales
+            .iter()
+            .zip(out)
+            .zip(self.codes.chunks_exact(self.dim))
+        {
             let s = s.to_f32();
-            let out = if r < self.rows {
-                &mut keys[r * dim..(r + 1) * dim]
-            } else {
-                &mut values[(r - self.rows) * dim..(r - self.rows + 1) * dim]
-            };
-            let lut = decode_table();
-            for (o, &c) in out.iter_mut().zip(&self.codes[r * dim..(r + 1) * dim]) {
+            for (o, &c) in row.iter_mut().zip(codes) {
                 *o = lut[c as usize] * s;
             }
         }

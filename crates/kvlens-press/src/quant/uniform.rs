@@ -63,17 +63,20 @@ impl Chunk for Packed {
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
-        let n = self.rows * self.dim;
-        for (r, (m, s)) in self.params.iter().enumerate() {
-            let (m, s) = (m.to_f32(), s.to_f32());
-            let out = if r < self.rows {
-                &mut keys[r * self.dim..(r + 1) * self.dim]
-            } else {
-                &mut values[(r - self.rows) * self.dim..(r - self.rows + 1) * self.dim]
-            };
-            dequant_run(&self.codes, self.bits, r * self.dim, m, s, out);
+        // Rows in the order they were encoded: keys, then values.
+        let out = keys
+            .chunks_exact_mut(self.dim)
+            .chain(values.chunks_exact_mut(self.dim));
+        for (r, ((m, s), row)) in self.params.iter().zip(out).enumerate() {
+            dequant_run(
+                &self.codes,
+                self.bits,
+                r * self.dim,
+                m.to_f32(),
+                s.to_f32(),
+                row,
+            );
         }
-        debug_assert!(self.params.len() * self.dim == 2 * n);
     }
 }
 
