@@ -75,7 +75,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for spec in &specs {
         let mut cache = model.new_cache(spec, a.model.dtype());
         cache.reserve(a.context + a.new_tokens);
-        let min_last = cache.method().needs().window;
+        let min_last = cache
+            .needs()
+            .window
+            .max(kvlens_engine::generate::MIN_LAST_CHUNK);
         let t0 = Instant::now();
         let mut logits = Vec::new();
         let chunks = prefill_chunks(ids.len(), a.prefill_chunk, min_last);

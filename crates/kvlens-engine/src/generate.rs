@@ -36,6 +36,10 @@ pub struct GenOptions {
     pub stop: Vec<String>,
     /// Prompt tokens per forward pass during prefill.
     pub prefill_chunk: usize,
+    /// The last prompt chunk holds at least this many tokens (more when the method's window
+    /// is larger), so that chunk boundaries do not depend on the method and a shared
+    /// prefill equals each method's own.
+    pub min_last_chunk: usize,
 }
 
 impl Default for GenOptions {
@@ -45,9 +49,14 @@ impl Default for GenOptions {
             sampling: Sampling::default(),
             stop: Vec::new(),
             prefill_chunk: 512,
+            min_last_chunk: MIN_LAST_CHUNK,
         }
     }
 }
+
+/// The default smallest last prompt chunk: any method with a window up to this size sees the
+/// same chunks as the baseline.
+pub const MIN_LAST_CHUNK: usize = 64;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -76,37 +85,40 @@ pub struct Generation {
     pub decode_ms_max: f64,
     /// Bytes the cache held at its fullest (transient rows before an eviction included).
     pub kv_bytes_peak: usize,
+    /// Bytes the cache held at the end.
+    pub kv_bytes_end: usize,
     /// Bytes an uncompressed cache would hold at the end.
     pub kv_bytes_full: usize,
     /// Tokens kept at the end, averaged over layers and heads.
     pub kv_tokens_kept: f64,
 }
 
-/// Prompt chunks such that the last one holds at least `min_last` tokens (methods that look
-/// at the last queries of the prompt need them in one pass).
+/// Prompt chunks of `chunk` tokens, except the last, which holds at least `min_last` tokens
+/// (methods that look at the last queries of the prompt need them in one pass) or the whole
+/// prompt when it is shorter.
 pub fn prefill_chunks(n: usize, chunk: usize, min_last: usize) -> Vec<(usize, usize)> {
     let chunk = chunk.max(1);
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk).min(n);
-        out.push((start, end));
-        start = end;
+    if n == 0 {
+        return Vec::new();
     }
-    if out.len() >= 2 {
-        let last = out[out.len() - 1];
-        if last.1 - last.0 < min_last {
-            let need =
-                (min_last - (last.1 - last.0)).min(out[out.len() - 2].1 - out[out.len() - 2].0);
-            let k = out.len();
-            out[k - 2].1 -= need;
-            out[k - 1].0 -= need;
-            if out[k - 2].0 == out[k - 2].1 {
-                out.remove(k - 2);
-            }
-        }
-    }
+    let natural = match n % chunk {
+        0 => chunk,
+        r => r,
+    };
+    let head = n - natural.max(min_last).min(n);
+    let mut out: Vec<(usize, usize)> = (0..head)
+        .step_by(chunk)
+        .map(|a| (a, (a + chunk).min(head)))
+        .collect();
+    out.push((head, n));
     out
+}
+
+/// A processed prompt: the logits of its last token and how long it took.
+#[derive(Debug, Clone)]
+pub struct Prefilled {
+    pub logits: Vec<f32>,
+    pub prefill_ms: f64,
 }
 
 /// Generates from `prompt` (token ids) with `cache` (reset first).
@@ -116,6 +128,22 @@ pub fn generate(
     prompt: &[u32],
     opts: &GenOptions,
 ) -> Result<Generation> {
+    let pre = prefill(model, cache, prompt, opts)?;
+    decode(model, cache, prompt, &pre, opts)
+}
+
+/// The smallest last chunk for `cache`'s method under `opts`.
+pub fn min_last_chunk(cache: &KvCache, opts: &GenOptions) -> usize {
+    cache.needs().window.max(opts.min_last_chunk)
+}
+
+/// Processes `prompt` into `cache` (reset first) in chunks.
+pub fn prefill(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    opts: &GenOptions,
+) -> Result<Prefilled> {
     let cfg = model.config();
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -135,8 +163,11 @@ pub fn generate(
     cache.reset();
     cache.reserve(prompt.len() + opts.max_new_tokens);
     let start = Instant::now();
-    let min_last = cache.method().needs().window;
-    let chunks = prefill_chunks(prompt.len(), opts.prefill_chunk, min_last);
+    let chunks = prefill_chunks(
+        prompt.len(),
+        opts.prefill_chunk,
+        min_last_chunk(cache, opts),
+    );
     let mut logits = Vec::new();
     for (i, &(a, b)) in chunks.iter().enumerate() {
         let last = i + 1 == chunks.len();
@@ -145,7 +176,25 @@ pub fn generate(
             .transformer
             .forward(&prompt[a..b], a, cache, Logits::Last);
     }
-    let prefill_ms = ms(start);
+    Ok(Prefilled {
+        logits,
+        prefill_ms: ms(start),
+    })
+}
+
+/// Generates after `pre`, the prefill of `prompt` that left `cache` as it is. Times count
+/// from the start of that prefill (`pre.prefill_ms` before now).
+pub fn decode(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    pre: &Prefilled,
+    opts: &GenOptions,
+) -> Result<Generation> {
+    let start = Instant::now();
+    let since_start = |t: Instant| pre.prefill_ms + ms(t);
+    let prefill_ms = pre.prefill_ms;
+    let mut logits = pre.logits.clone();
     let mut rng = Rng::new(opts.sampling.seed);
     let mut tokens = Vec::new();
     let mut step_ms = Vec::new();
@@ -156,7 +205,7 @@ pub fn generate(
     while tokens.len() < opts.max_new_tokens {
         let next = sample(&mut logits, &opts.sampling, &mut rng);
         if tokens.is_empty() {
-            ttft_ms = ms(start);
+            ttft_ms = since_start(start);
         } else {
             step_ms.push(ms(t_prev));
         }
@@ -181,7 +230,7 @@ pub fn generate(
         let pos = prompt.len() + tokens.len() - 1;
         logits = model.transformer.forward(&[next], pos, cache, Logits::Last);
     }
-    let e2e_ms = ms(start);
+    let e2e_ms = since_start(start);
     if finish != FinishReason::Stop {
         text = model.tokenizer.decode(&tokens)?;
     }
@@ -211,6 +260,7 @@ pub fn generate(
         decode_ms_p90: pct(0.9),
         decode_ms_max: sorted.last().copied().unwrap_or(0.0),
         kv_bytes_peak: cache.peak_bytes(),
+        kv_bytes_end: cache.bytes(),
         kv_bytes_full: cache.full_bytes(),
         kv_tokens_kept: cache.tokens_kept_mean(),
     })
@@ -307,6 +357,11 @@ mod tests {
         assert_eq!(prefill_chunks(10, 4, 3), vec![(0, 4), (4, 7), (7, 10)]);
         assert_eq!(prefill_chunks(5, 4, 4), vec![(0, 1), (1, 5)]);
         assert_eq!(prefill_chunks(3, 8, 32), vec![(0, 3)]);
+        // The last chunk takes as many earlier tokens as it needs, not just one chunk.
+        assert_eq!(
+            prefill_chunks(96, 16, 64),
+            vec![(0, 16), (16, 32), (32, 96)]
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
 pub use error::{EngineError, Result};
-pub use generate::{generate, FinishReason, GenOptions, Generation, Sampling};
+pub use generate::{
+    decode, generate, prefill, FinishReason, GenOptions, Generation, Prefilled, Sampling,
+};
 pub use model::{Config, Logits, Transformer};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;

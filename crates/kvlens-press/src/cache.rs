@@ -6,7 +6,7 @@
 //! compress, and returns the attention output.
 
 use crate::attention::{attend_head, Prepared};
-use crate::method::{HeadStats, Method, Step};
+use crate::method::{HeadStats, Method, Needs, Step};
 use crate::store::{HeadStore, KvDtype};
 use rayon::prelude::*;
 
@@ -47,6 +47,13 @@ impl CacheShape {
     }
 }
 
+/// A cache forked after a shared prefill, and the time its method's compression took (what
+/// its own run would have spent beyond the prefill; the copying is not counted).
+pub struct Forked {
+    pub cache: KvCache,
+    pub compress_ms: f64,
+}
+
 pub struct KvCache {
     shape: CacheShape,
     dtype: KvDtype,
@@ -60,6 +67,11 @@ pub struct KvCache {
     bytes_now: Vec<usize>,
     /// Reused per key/value head: f32 views of what is kept, and a transposing buffer.
     prepared: Vec<(Prepared, Vec<f32>)>,
+    /// Statistics collected beyond the method's needs, for caches forked after prefill.
+    record: Needs,
+    /// Bytes per layer and the peak when the prompt's last chunk began (for forks' peaks).
+    bytes_before_last: Vec<usize>,
+    peak_before_last: usize,
 }
 
 impl KvCache {
@@ -89,7 +101,95 @@ impl KvCache {
             peak_bytes: 0,
             bytes_now: vec![0; shape.n_layers],
             prepared: Vec::new(),
+            record: Needs::default(),
+            bytes_before_last: vec![0; shape.n_layers],
+            peak_before_last: 0,
         }
+    }
+
+    /// Also collect `needs` during attention, so that methods needing them can be forked from
+    /// this cache after prefill.
+    pub fn record(&mut self, needs: Needs) {
+        self.record = needs;
+    }
+
+    /// What attention computes for this cache: the method's needs and what is recorded.
+    pub fn needs(&self) -> Needs {
+        self.method.needs().union(self.record)
+    }
+
+    /// A copy of this cache, right after a prefill, as `method` would have left it had it
+    /// run that prefill itself: `method` compresses every layer as at the end of its own
+    /// last prompt chunk, on the same rows and attention statistics (trimmed to its window),
+    /// and the peak bytes are those its own run would have reached. `None` when `method`
+    /// acts before the end of the prompt, needs statistics this cache did not collect, or
+    /// this cache holds packed rows. The copy has room for `extra_tokens` more tokens.
+    pub fn fork(&self, method: Box<dyn Method>, extra_tokens: usize) -> Option<Forked> {
+        let needs = method.needs();
+        let have = self.needs();
+        if !method.acts_after_prefill_only()
+            || needs.accumulate && !have.accumulate
+            || needs.window > have.window
+        {
+            return None;
+        }
+        let heads = self
+            .heads
+            .iter()
+            .map(|layer| {
+                layer
+                    .iter()
+                    .map(|h| h.try_clone(extra_tokens))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let mut stats = self.stats.clone();
+        for st in stats.iter_mut().flatten() {
+            if st.window_len > needs.window {
+                // Rows are queries in order: the method's window is the last of them.
+                let len = st.window.len() / st.window_len;
+                st.window.drain(..(st.window_len - needs.window) * len);
+                st.window_len = needs.window;
+            }
+        }
+        let mut c = KvCache {
+            shape: self.shape,
+            dtype: self.dtype,
+            heads,
+            stats,
+            method,
+            step: Step::Prefill { last: true },
+            seen: self.seen,
+            peak_bytes: 0,
+            bytes_now: self.bytes_now.clone(),
+            prepared: Vec::new(),
+            record: Needs::default(),
+            bytes_before_last: self.bytes_before_last.clone(),
+            peak_before_last: self.peak_before_last,
+        };
+        // Its own run would have pushed layer l's last chunk with layers < l compressed and
+        // layers > l still as before the chunk.
+        let mut peak = self.peak_before_last;
+        let mut done = 0;
+        let start = std::time::Instant::now();
+        for layer in 0..self.shape.n_layers {
+            let after: usize = self.bytes_before_last[layer + 1..].iter().sum();
+            peak = peak.max(done + self.bytes_now[layer] + after);
+            c.method.compress(
+                layer,
+                &self.shape,
+                &mut c.heads[layer],
+                &mut c.stats[layer],
+                Step::Prefill { last: true },
+            );
+            c.bytes_now[layer] = c.heads[layer].iter().map(|h| h.bytes()).sum();
+            done += c.bytes_now[layer];
+        }
+        c.peak_bytes = peak;
+        Some(Forked {
+            compress_ms: start.elapsed().as_secs_f64() * 1e3,
+            cache: c,
+        })
     }
 
     pub fn shape(&self) -> CacheShape {
@@ -129,10 +229,16 @@ impl KvCache {
         self.seen = 0;
         self.peak_bytes = 0;
         self.bytes_now.fill(0);
+        self.bytes_before_last.fill(0);
+        self.peak_before_last = 0;
     }
 
     /// Declares what the next forward pass is: a chunk of the prompt, or one decode step.
     pub fn begin(&mut self, step: Step, n_new: usize) {
+        if step == (Step::Prefill { last: true }) {
+            self.bytes_before_last.clone_from(&self.bytes_now);
+            self.peak_before_last = self.peak_bytes;
+        }
         self.step = step;
         self.seen += n_new;
     }
@@ -198,7 +304,7 @@ impl KvCache {
         }
         self.note_bytes(layer);
 
-        let needs = self.method.needs();
+        let needs = self.needs();
         let window = needs.window.min(n);
         let scale = 1.0 / (dim as f32).sqrt();
         let stores = &self.heads[layer];

@@ -14,7 +14,7 @@ pub mod quant;
 pub mod spec;
 pub mod store;
 
-pub use cache::{CacheShape, KvCache};
+pub use cache::{CacheShape, Forked, KvCache};
 pub use method::{Method, Needs, Step, When};
 pub use spec::{parse_list, Spec, SpecError, METHODS};
 pub use store::{HeadStore, KvDtype};

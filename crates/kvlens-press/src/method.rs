@@ -60,6 +60,23 @@ pub trait Method: Send {
 
     /// Forgets per-sequence state.
     fn reset(&mut self) {}
+
+    /// True when the method changes nothing before the end of the prompt and needs no
+    /// attention summed over the prompt: its prefill is the full cache's, so one prefill can
+    /// serve it and the baseline (see [`crate::KvCache::fork`]).
+    fn acts_after_prefill_only(&self) -> bool {
+        false
+    }
+}
+
+impl Needs {
+    /// What both ask for.
+    pub fn union(self, other: Needs) -> Needs {
+        Needs {
+            accumulate: self.accumulate || other.accumulate,
+            window: self.window.max(other.window),
+        }
+    }
 }
 
 /// The unmodified cache.
@@ -74,6 +91,10 @@ impl Method for Full {
         _: &mut [HeadStats],
         _: Step,
     ) {
+    }
+
+    fn acts_after_prefill_only(&self) -> bool {
+        true
     }
 }
 
@@ -172,6 +193,10 @@ impl<S: Scorer> Method for Select<S> {
     }
 
     fn reset(&mut self) {}
+
+    fn acts_after_prefill_only(&self) -> bool {
+        self.when == When::Prefill && !self.scorer.needs().accumulate
+    }
 }
 
 /// Indices to keep (ascending): the first `sink` and last `recent` rows, then the highest

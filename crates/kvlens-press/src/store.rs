@@ -55,6 +55,19 @@ impl Rows {
         }
     }
 
+    /// A copy with room for `extra_elems` more elements, copied once.
+    fn clone_reserving(&self, extra_elems: usize) -> Self {
+        fn copy<T: Copy>(v: &[T], extra: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(v.len() + extra);
+            out.extend_from_slice(v);
+            out
+        }
+        match self {
+            Rows::F16(v) => Rows::F16(copy(v, extra_elems)),
+            Rows::F32(v) => Rows::F32(copy(v, extra_elems)),
+        }
+    }
+
     fn push(&mut self, row: &[f32]) {
         match self {
             Rows::F16(v) => v.extend(row.iter().map(|&x| f16::from_f32(x))),
@@ -121,6 +134,23 @@ pub struct HeadStore {
 }
 
 impl HeadStore {
+    /// A copy of a head that holds only dense rows, with room for `extra_tokens` more;
+    /// `None` when some rows are packed.
+    pub fn try_clone(&self, extra_tokens: usize) -> Option<Self> {
+        (self.packed_rows == 0 && self.packed.is_empty()).then(|| {
+            let mut positions = Vec::with_capacity(self.positions.len() + extra_tokens);
+            positions.extend_from_slice(&self.positions);
+            Self {
+                dim: self.dim,
+                keys: self.keys.clone_reserving(extra_tokens * self.dim),
+                values: self.values.clone_reserving(extra_tokens * self.dim),
+                positions,
+                packed: Vec::new(),
+                packed_rows: 0,
+            }
+        })
+    }
+
     pub fn new(dtype: KvDtype, dim: usize, capacity_tokens: usize) -> Self {
         Self {
             dim,

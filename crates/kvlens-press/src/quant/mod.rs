@@ -94,7 +94,9 @@ pub struct Schedule {
 }
 
 /// A quantizing method: packs the oldest dense rows in chunks of `group`, keeping the newest
-/// `residual` rows in full precision.
+/// `residual` rows in full precision. The prompt is attended in full precision and packed once
+/// it is all in (after its last chunk), as the KIVI and GEAR reference implementations and
+/// serving engines with an unchunked prefill do; from then on rows are packed as they age.
 pub struct Quantize {
     pub codec: Box<dyn Codec>,
     pub schedule: Schedule,
@@ -107,14 +109,21 @@ impl Method for Quantize {
         _: &CacheShape,
         heads: &mut [HeadStore],
         _: &mut [HeadStats],
-        _: Step,
+        step: Step,
     ) {
+        if step == (Step::Prefill { last: false }) {
+            return;
+        }
         let Schedule { group, residual } = self.schedule;
         for store in heads {
             while store.dense_rows() >= residual + group {
                 store.pack_oldest(group, self.codec.as_ref());
             }
         }
+    }
+
+    fn acts_after_prefill_only(&self) -> bool {
+        true
     }
 }
 
