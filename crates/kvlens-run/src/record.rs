@@ -1,0 +1,124 @@
+//! The per-sample record: one JSON line per (task, sample, method), the contract between the
+//! runner, the scorer and the analyzer (../shared/DESIGN.md).
+
+use kvlens_score::{Metric, PassRule};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    // Identity.
+    pub run_id: String,
+    pub model: String,
+    pub task: String,
+    pub sample_id: String,
+    /// The method's canonical spec (`snapkv:budget=256,kernel=7,pool=max,window=32`).
+    pub method: String,
+    /// The first 16 hex digits of the SHA-256 of the prompt text as given to the engine (after
+    /// truncation, before the chat template), so runs can be compared prompt by prompt.
+    pub prompt_hash: String,
+
+    // Generation.
+    pub prompt_tokens: usize,
+    #[serde(default)]
+    pub truncated: bool,
+    pub output_text: String,
+    pub output_tokens: usize,
+    /// `eos`, `stop` or `length`; absent when the sample failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    pub max_new_tokens: usize,
+
+    // Time, milliseconds of wall clock in this process.
+    pub prefill_ms: f64,
+    pub ttft_ms: f64,
+    pub decode_ms: f64,
+    pub e2e_ms: f64,
+    #[serde(default)]
+    pub decode_ms_p50: f64,
+    #[serde(default)]
+    pub decode_ms_p90: f64,
+    #[serde(default)]
+    pub decode_ms_max: f64,
+    /// The prefill was computed once and shared by several methods; `prefill_ms` is still
+    /// the time that prefill took.
+    #[serde(default)]
+    pub prefill_shared: bool,
+
+    // Memory.
+    pub kv_bytes_peak: u64,
+    /// Bytes the cache held when generation ended (what it keeps for the rest of a request).
+    #[serde(default)]
+    pub kv_bytes_end: u64,
+    pub kv_bytes_full: u64,
+    pub kv_tokens_kept: f64,
+
+    // What scoring needs, so records can be re-scored without the dataset or the model.
+    pub answers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all_classes: Vec<String>,
+    /// Score only the first line of the output (the task's rule).
+    #[serde(default)]
+    pub first_line: bool,
+
+    // Score.
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    #[serde(default)]
+    pub score: Option<f64>,
+    #[serde(default)]
+    pub pass: Option<bool>,
+    /// The pass rule applied, e.g. `score >= 0.5`.
+    #[serde(default)]
+    pub pass_rule: Option<String>,
+
+    /// Generator parameters and source metadata of the sample.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub meta: Map<String, Value>,
+    /// Set when the sample failed; the other fields then hold what was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The key a run never holds twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub task: String,
+    pub sample_id: String,
+    pub method: String,
+}
+
+impl Record {
+    pub fn key(&self) -> Key {
+        Key {
+            task: self.task.clone(),
+            sample_id: self.sample_id.clone(),
+            method: self.method.clone(),
+        }
+    }
+
+    /// Scores the output with `metric` (the record's own unless given) and the pass rule.
+    /// A failed sample scores nothing.
+    pub fn rescore(&mut self, metric: Option<Metric>, threshold: Option<f64>) {
+        let Some(metric) = metric.or(self.metric) else {
+            return;
+        };
+        self.metric = Some(metric);
+        if self.error.is_some() {
+            self.score = None;
+            self.pass = None;
+            self.pass_rule = None;
+            return;
+        }
+        let pred = if self.first_line {
+            kvlens_score::first_line(&self.output_text)
+        } else {
+            self.output_text.as_str()
+        };
+        let s = kvlens_score::score(metric, pred, &self.answers, &self.all_classes);
+        let rule = PassRule::for_metric(metric, threshold);
+        self.score = Some(s);
+        self.pass = Some(rule.passes(s));
+        self.pass_rule = Some(rule.describe());
+    }
+}

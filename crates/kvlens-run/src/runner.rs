@@ -1,0 +1,640 @@
+//! The run loop: every selected sample of every task under every method, one flushed record
+//! each, skipping what the run folder already holds.
+
+use crate::config::RunConfig;
+use crate::error::{Result, RunError};
+use crate::record::{Key, Record};
+use crate::store::RecordFile;
+use kvlens_engine::generate::MIN_LAST_CHUNK;
+use kvlens_engine::{
+    decode, generate, prefill, EngineError, FinishReason, GenOptions, Generation, Model, Prefilled,
+    Sampling,
+};
+use kvlens_press::{KvCache, KvDtype, Needs, Spec};
+use kvlens_tasks::{DataDirs, Task, Tokenize};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a run will do, before any model is loaded.
+pub struct Plan {
+    pub tasks: Vec<PlannedTask>,
+    pub methods: Vec<Spec>,
+}
+
+pub struct PlannedTask {
+    pub task: Task,
+    /// Indices into `task.samples` this worker runs.
+    pub selected: Vec<usize>,
+}
+
+impl Plan {
+    /// Loads the tasks, selects samples (`samples`, then `limit`, then `shard`) and parses the
+    /// methods, with `full` first.
+    pub fn new(cfg: &RunConfig, dirs: &DataDirs) -> Result<Self> {
+        let mut methods = Vec::new();
+        for m in &cfg.methods {
+            let list = kvlens_press::parse_list(m)
+                .map_err(|e| RunError::Invalid(format!("method `{m}`: {e}")))?;
+            methods.extend(list);
+        }
+        if !methods.iter().any(|s| s.canonical() == "full") {
+            methods.insert(
+                0,
+                Spec::parse("full").map_err(|e| RunError::Invalid(e.to_string()))?,
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        methods.retain(|s| seen.insert(s.canonical()));
+        let mut labels = std::collections::HashMap::new();
+        for s in &methods {
+            if let Some(other) = labels.insert(s.label(), s.canonical()) {
+                return Err(RunError::Invalid(format!(
+                    "methods `{other}` and `{}` would share the record file {}.jsonl",
+                    s.canonical(),
+                    s.label()
+                )));
+            }
+        }
+        let shard = cfg.shard()?;
+        let mut tasks: Vec<PlannedTask> = Vec::new();
+        let mut wanted: std::collections::HashSet<&str> =
+            cfg.samples.iter().map(String::as_str).collect();
+        let mut folders = std::collections::HashMap::new();
+        for t in &cfg.tasks {
+            let task = kvlens_tasks::registry::load(t, dirs)?;
+            let name = &task.spec.name;
+            let folder = file_safe(name);
+            if folder.trim_matches('.').is_empty() {
+                return Err(RunError::Invalid(format!(
+                    "task name `{name}` cannot name a folder; choose another `name`"
+                )));
+            }
+            if let Some(other) = folders.insert(folder.clone(), t.clone()) {
+                return Err(RunError::Invalid(format!(
+                    "tasks `{other}` and `{t}` would both write {folder}/; each task may appear \
+                     once (rename a custom task with `name`)"
+                )));
+            }
+            let mut selected: Vec<usize> = (0..task.samples.len())
+                .filter(|&i| cfg.samples.is_empty() || cfg.samples.contains(&task.samples[i].id))
+                .collect();
+            for &i in &selected {
+                wanted.remove(task.samples[i].id.as_str());
+            }
+            if let Some(n) = cfg.limit {
+                selected.truncate(n);
+            }
+            tasks.push(PlannedTask { task, selected });
+        }
+        // Shards deal the (task, sample) pairs round-robin over the whole run, so that every
+        // worker gets a share even when tasks have fewer samples than there are workers.
+        if let Some((i, n)) = shard {
+            let mut k = 0;
+            for pt in &mut tasks {
+                pt.selected.retain(|_| {
+                    let mine = k % n == i;
+                    k += 1;
+                    mine
+                });
+            }
+        }
+        if !wanted.is_empty() {
+            let mut w: Vec<&str> = wanted.into_iter().collect();
+            w.sort();
+            return Err(RunError::Invalid(format!(
+                "--samples: no task has the sample id(s) {}",
+                w.join(", ")
+            )));
+        }
+        Ok(Self { tasks, methods })
+    }
+
+    pub fn total(&self) -> usize {
+        self.tasks.iter().map(|t| t.selected.len()).sum::<usize>() * self.methods.len()
+    }
+}
+
+/// Progress events, drawn by the CLI.
+pub trait Observer {
+    fn start(&mut self, _total: usize, _todo: usize) {}
+    /// A task begins, with `todo` records to write.
+    fn task(&mut self, _task: &str, _todo: usize) {}
+    fn record(&mut self, _r: &Record) {}
+    fn end_task(&mut self) {}
+}
+
+/// Nothing to show.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// What one invocation did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Outcome {
+    pub written: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Time inside the engine's generate calls.
+    pub engine_ms: f64,
+    /// Time of the whole loop (prompts, files, scoring included).
+    pub loop_ms: f64,
+}
+
+impl Outcome {
+    /// The runner's own share of the loop time, in percent of the engine's time.
+    pub fn overhead_percent(&self) -> f64 {
+        if self.engine_ms <= 0.0 {
+            return 0.0;
+        }
+        100.0 * (self.loop_ms - self.engine_ms) / self.engine_ms
+    }
+}
+
+/// The model's tokenizer as task truncation sees it.
+pub struct Tok<'a>(pub &'a Model);
+
+impl Tokenize for Tok<'_> {
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        self.0
+            .tokenizer
+            .encode_text(text)
+            .map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
+        self.0.tokenizer.decode(ids).map_err(|e| e.to_string())
+    }
+}
+
+/// SHA-256 of a file or of every file in a folder (names and contents, sorted by name).
+pub fn hash_model_files(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| RunError::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| RunError::io(&f, e))?;
+        if path.is_dir() {
+            h.update(
+                f.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+        }
+        std::io::copy(&mut file, &mut h).map_err(|e| RunError::io(&f, e))?;
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn prompt_hash(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+/// The provenance written next to the records as `run.toml`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunFile {
+    pub config: RunConfig,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Provenance {
+    pub kvlens_version: String,
+    pub model_file: String,
+    pub model_sha256: String,
+    pub command_line: String,
+    /// Worker threads of the engine (outputs do not depend on it; times do).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Writes `run.toml` (the config of this invocation with its provenance), atomically. A run
+/// folder made with other model weights or other generation settings is refused: its records
+/// would not be comparable with the new ones.
+pub fn write_run_file(out: &Path, cfg: &RunConfig, prov: &Provenance) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
+    let path = out.join("run.toml");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
+        let old: RunFile = toml::from_str(&text).map_err(|e| RunError::Config {
+            path: path.clone(),
+            msg: format!(
+                "{e}\nthis file records how the folder's records were made; fix it, or choose \
+                 another --out"
+            ),
+        })?;
+        if old.provenance.model_sha256 != prov.model_sha256 {
+            return Err(RunError::Invalid(format!(
+                "{} holds records of model {} (sha256 {}), not of {} (sha256 {}); choose \
+                 another --out",
+                out.display(),
+                old.provenance.model_file,
+                short(&old.provenance.model_sha256),
+                prov.model_file,
+                short(&prov.model_sha256)
+            )));
+        }
+        let was = old.config.output_settings();
+        let now = cfg.output_settings();
+        let diff: Vec<String> = was
+            .iter()
+            .zip(&now)
+            .filter(|(a, b)| a != b)
+            .map(|((k, a), (_, b))| format!("{k} = {a} there, {b} now"))
+            .collect();
+        if !diff.is_empty() {
+            return Err(RunError::Invalid(format!(
+                "{} holds records made with other settings ({}); resuming would mix them; \
+                 choose another --out",
+                out.display(),
+                diff.join(", ")
+            )));
+        }
+    }
+    let file = RunFile {
+        config: cfg.clone(),
+        provenance: prov.clone(),
+    };
+    let text = toml::to_string_pretty(&file).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let tmp = out.join(".run.toml.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| RunError::io(&path, e))
+}
+
+/// Holds a run folder for one process: `kvlens run`, `score` and `merge` take it, so that one
+/// never rewrites a file another is appending to. Released when dropped.
+pub struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    std::fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
+    let path = dir.join(".kvlens.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RunError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(FolderLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Invalid(format!(
+            "another kvlens process is using {}; wait for it to finish",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(RunError::io(&path, e)),
+    }
+}
+
+fn sample_seed(seed: u64, task: &str, id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in task.bytes().chain([0]).chain(id.bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Whether `spec` can be forked from the baseline's prefill: it acts only after the prompt,
+/// needs no summed attention, and its window fits in the last chunk every method gets.
+fn shareable(spec: &Spec) -> bool {
+    let m = spec.build();
+    let n = m.needs();
+    m.acts_after_prefill_only() && !n.accumulate && n.window <= MIN_LAST_CHUNK
+}
+
+/// Runs `plan` with `model`, writing records under `out`. Sample by sample: the baseline and
+/// every method that compresses only after the prompt share one prefill (each forks the
+/// cache and pays its own compression); the others run on their own.
+pub fn execute(
+    plan: &Plan,
+    cfg: &RunConfig,
+    model: &Model,
+    out: &Path,
+    obs: &mut dyn Observer,
+) -> Result<Outcome> {
+    let dtype = KvDtype::parse(&cfg.kv_dtype).ok_or_else(|| {
+        RunError::Invalid(format!("kv_dtype `{}`: expected f16 or f32", cfg.kv_dtype))
+    })?;
+    let run_id = cfg.run_id();
+    let context = model.config().context;
+    if model.template.is_none() {
+        let chat: Vec<&str> = plan
+            .tasks
+            .iter()
+            .filter(|t| t.task.spec.chat)
+            .map(|t| t.task.spec.name.as_str())
+            .collect();
+        if !chat.is_empty() {
+            return Err(RunError::Invalid(format!(
+                "{} has no chat template, and these tasks wrap prompts in one: {}; use a chat \
+                 model, or a task spec .toml with `chat = false`",
+                model.name,
+                chat.join(", ")
+            )));
+        }
+    }
+    let tok = Tok(model);
+    let mut outcome = Outcome::default();
+    let loop_start = Instant::now();
+    let full = plan
+        .methods
+        .iter()
+        .position(|s| s.canonical() == "full")
+        .ok_or_else(|| RunError::Invalid("the plan has no `full` baseline".into()))?;
+    let share: Vec<bool> = plan
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(j, s)| cfg.share_prefill && j != full && shareable(s))
+        .collect();
+    let mut caches: Vec<KvCache> = plan
+        .methods
+        .iter()
+        .map(|s| model.new_cache(s, dtype))
+        .collect();
+
+    // Open every record file first: the totals, and torn lines repaired before any work.
+    let mut files = Vec::new();
+    let mut todo_total = 0;
+    let mut todo_per_task = Vec::new();
+    for pt in &plan.tasks {
+        let mut row = Vec::new();
+        let mut todo_task = 0;
+        for spec in &plan.methods {
+            let path = out
+                .join(file_safe(&pt.task.spec.name))
+                .join(format!("{}.jsonl", spec.label()));
+            let retry: HashSet<Key> = if cfg.retry_errors {
+                pt.selected.iter().map(|&i| key(pt, i, spec)).collect()
+            } else {
+                HashSet::new()
+            };
+            let f = RecordFile::open(&path, &retry)?;
+            todo_task += pt
+                .selected
+                .iter()
+                .filter(|&&i| !f.is_done(&key(pt, i, spec)))
+                .count();
+            row.push(f);
+        }
+        todo_total += todo_task;
+        todo_per_task.push(todo_task);
+        files.push(row);
+    }
+    obs.start(plan.total(), todo_total);
+    outcome.skipped = plan.total() - todo_total;
+
+    for ((pt, row), &todo) in plan.tasks.iter().zip(files.iter_mut()).zip(&todo_per_task) {
+        if todo == 0 {
+            continue;
+        }
+        let spec_t = &pt.task.spec;
+        let max_new = cfg.max_new_tokens.unwrap_or(spec_t.max_new_tokens).max(1);
+        let max_prompt = cfg
+            .max_prompt_tokens
+            .unwrap_or_else(|| context.saturating_sub(max_new + 64));
+        obs.task(&spec_t.name, todo);
+        for &i in &pt.selected {
+            let pending: Vec<usize> = (0..plan.methods.len())
+                .filter(|&j| !row[j].is_done(&key(pt, i, &plan.methods[j])))
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            let sample = &pt.task.samples[i];
+            let blank = |j: usize| Record {
+                run_id: run_id.clone(),
+                model: model.name.clone(),
+                task: spec_t.name.clone(),
+                sample_id: sample.id.clone(),
+                method: plan.methods[j].canonical(),
+                prompt_hash: String::new(),
+                prompt_tokens: 0,
+                truncated: false,
+                output_text: String::new(),
+                output_tokens: 0,
+                finish_reason: None,
+                max_new_tokens: max_new,
+                prefill_ms: 0.0,
+                ttft_ms: 0.0,
+                decode_ms: 0.0,
+                e2e_ms: 0.0,
+                decode_ms_p50: 0.0,
+                decode_ms_p90: 0.0,
+                decode_ms_max: 0.0,
+                prefill_shared: false,
+                kv_bytes_peak: 0,
+                kv_bytes_end: 0,
+                kv_bytes_full: 0,
+                kv_tokens_kept: 0.0,
+                answers: sample.answers.clone(),
+                all_classes: sample.all_classes.clone(),
+                first_line: spec_t.first_line,
+                metric: Some(spec_t.metric),
+                score: None,
+                pass: None,
+                pass_rule: None,
+                meta: sample.meta.clone(),
+                error: None,
+            };
+            let mut finish = |j: usize, mut r: Record, outcome: &mut Outcome| -> Result<()> {
+                r.rescore(None, cfg.pass_threshold);
+                row[j].append(&r)?;
+                if r.error.is_some() {
+                    outcome.failed += 1;
+                }
+                outcome.written += 1;
+                obs.record(&r);
+                Ok(())
+            };
+            let prepared = (if max_prompt == 0 {
+                Err(format!(
+                    "the model's context of {context} tokens leaves no room for a prompt before \
+                     {max_new} new tokens"
+                ))
+            } else {
+                Ok(())
+            })
+            .and_then(|_| {
+                spec_t
+                    .prompt(sample, &tok, max_prompt)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|p| {
+                let ids = model
+                    .encode_prompt(&p.text, p.chat)
+                    .map_err(|e| e.to_string())?;
+                Ok((p, ids))
+            });
+            let (p, ids) = match prepared {
+                Ok(x) => x,
+                Err(e) => {
+                    for &j in &pending {
+                        let mut r = blank(j);
+                        r.error = Some(format!("preparing the prompt: {e}"));
+                        finish(j, r, &mut outcome)?;
+                    }
+                    continue;
+                }
+            };
+            let opts = GenOptions {
+                max_new_tokens: max_new,
+                sampling: Sampling {
+                    temperature: cfg.temperature,
+                    top_k: cfg.top_k,
+                    top_p: cfg.top_p,
+                    seed: sample_seed(cfg.seed, &spec_t.name, &sample.id),
+                },
+                stop: spec_t.stop.clone(),
+                ..GenOptions::default()
+            };
+            let fill = |r: &mut Record, g: std::result::Result<Generation, EngineError>| {
+                r.prompt_hash = prompt_hash(&p.text);
+                r.prompt_tokens = ids.len();
+                r.truncated = p.truncated;
+                match g {
+                    Ok(g) => {
+                        r.output_text = g.text;
+                        r.output_tokens = g.output_tokens;
+                        r.finish_reason = Some(
+                            match g.finish_reason {
+                                FinishReason::Eos => "eos",
+                                FinishReason::Stop => "stop",
+                                FinishReason::Length => "length",
+                            }
+                            .into(),
+                        );
+                        r.prefill_ms = g.prefill_ms;
+                        r.ttft_ms = g.ttft_ms;
+                        r.decode_ms = g.decode_ms;
+                        r.e2e_ms = g.e2e_ms;
+                        r.decode_ms_p50 = g.decode_ms_p50;
+                        r.decode_ms_p90 = g.decode_ms_p90;
+                        r.decode_ms_max = g.decode_ms_max;
+                        r.kv_bytes_peak = g.kv_bytes_peak as u64;
+                        r.kv_bytes_end = g.kv_bytes_end as u64;
+                        r.kv_bytes_full = g.kv_bytes_full as u64;
+                        r.kv_tokens_kept = g.kv_tokens_kept;
+                    }
+                    Err(e) => r.error = Some(format!("generating: {e}")),
+                }
+            };
+
+            // The shared prefill: the baseline's cache records what the forks need. Only
+            // engine calls count as engine time; scoring and writing are the runner's.
+            let forks: Vec<usize> = pending.iter().copied().filter(|&j| share[j]).collect();
+            if !forks.is_empty() {
+                let record = forks
+                    .iter()
+                    .map(|&j| caches[j].needs())
+                    .fold(Needs::default(), Needs::union);
+                let base = &mut caches[full];
+                base.record(record);
+                let pre = engine(&mut outcome, || prefill(model, base, &ids, &opts));
+                for &j in &forks {
+                    let mut r = blank(j);
+                    r.prefill_shared = true;
+                    let g = match &pre {
+                        Err(e) => Err(EngineError::Invalid(e.to_string())),
+                        Ok(pre) => engine(&mut outcome, || {
+                            let forked =
+                                base.fork(plan.methods[j].build(), max_new).ok_or_else(|| {
+                                    EngineError::Invalid(format!(
+                                        "{} cannot be forked from the shared prefill",
+                                        plan.methods[j].canonical()
+                                    ))
+                                })?;
+                            let mut c = forked.cache;
+                            let own = Prefilled {
+                                logits: pre.logits.clone(),
+                                prefill_ms: pre.prefill_ms + forked.compress_ms,
+                            };
+                            decode(model, &mut c, &ids, &own, &opts)
+                        }),
+                    };
+                    fill(&mut r, g);
+                    finish(j, r, &mut outcome)?;
+                }
+                if pending.contains(&full) {
+                    let mut r = blank(full);
+                    r.prefill_shared = true;
+                    let g = match &pre {
+                        Ok(pre) => engine(&mut outcome, || decode(model, base, &ids, pre, &opts)),
+                        Err(e) => Err(EngineError::Invalid(e.to_string())),
+                    };
+                    fill(&mut r, g);
+                    finish(full, r, &mut outcome)?;
+                }
+                base.record(Needs::default());
+            }
+            for &j in pending.iter().filter(|&&j| !share[j]) {
+                if j == full && !forks.is_empty() {
+                    continue;
+                }
+                let mut r = blank(j);
+                let cache = &mut caches[j];
+                let g = engine(&mut outcome, || generate(model, cache, &ids, &opts));
+                fill(&mut r, g);
+                finish(j, r, &mut outcome)?;
+            }
+        }
+        obs.end_task();
+    }
+    outcome.loop_ms = loop_start.elapsed().as_secs_f64() * 1e3;
+    Ok(outcome)
+}
+
+/// Runs one engine call, adding its time to the engine's; a panic inside it becomes an error
+/// for this sample instead of ending the run.
+fn engine<T>(
+    outcome: &mut Outcome,
+    f: impl FnOnce() -> std::result::Result<T, EngineError>,
+) -> std::result::Result<T, EngineError> {
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        Err(EngineError::Invalid(format!("the engine panicked: {msg}")))
+    });
+    outcome.engine_ms += t.elapsed().as_secs_f64() * 1e3;
+    r
+}
+
+fn key(pt: &PlannedTask, i: usize, spec: &Spec) -> Key {
+    Key {
+        task: pt.task.spec.name.clone(),
+        sample_id: pt.task.samples[i].id.clone(),
+        method: spec.canonical(),
+    }
+}
+
+/// A task name as a folder name: anything but letters, digits, `-`, `_` and `.` becomes `_`.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
