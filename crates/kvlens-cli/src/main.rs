@@ -1,6 +1,9 @@
 //! `kvlens`: what KV-cache compression really costs, sample by sample.
 
+mod analyze;
 mod bench;
+mod datasets;
+mod run;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -20,6 +23,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Evaluate tasks × methods, one record per sample; resumes where it stopped. Without
+    /// arguments: the default suite on the default model, then the per-task table.
+    Run(run::RunArgs),
+    /// Score (or re-score) the records of a run folder offline; no model needed.
+    Score(run::ScoreArgs),
+    /// Join shard run folders into one.
+    Merge(run::MergeArgs),
+    /// Built-in tasks: list them, show samples, rebuild the shipped sets, fetch LongBench.
+    Datasets {
+        #[command(subcommand)]
+        command: datasets::DatasetsCommand,
+    },
     /// Manage models: fetch the default model, show where it is.
     Models {
         #[command(subcommand)]
@@ -31,6 +46,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List every compression method with its parameters and defaults.
     Methods,
+    /// Each method against the baseline: negative samples, flips, length inflation, latency
+    /// attribution; tables (Markdown, CSV, Parquet, JSON) and plots.
+    Analyze(analyze::AnalyzeArgs),
+    /// One sample under every method, side by side.
+    Inspect(analyze::InspectArgs),
+    /// Turn results made elsewhere into kvlens records.
+    Import {
+        #[command(subcommand)]
+        command: analyze::ImportCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,8 +143,17 @@ struct GenerateArgs {
 }
 
 fn main() {
+    // Printing into a closed pipe (`kvlens datasets list | head`) ends the process quietly,
+    // as command-line tools do, instead of panicking.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KVLENS_LOG"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVLENS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -131,9 +165,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Score(a) => run::score(a),
+        Command::Merge(a) => run::merge(a),
+        Command::Datasets { command } => datasets::run(command),
         Command::Models { command } => models(command),
         Command::Generate(a) => generate_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Analyze(a) => analyze::analyze(a),
+        Command::Inspect(a) => analyze::inspect(a),
+        Command::Import { command } => analyze::import(command),
         Command::Methods => {
             print!("{}", methods_text());
             Ok(())

@@ -1,0 +1,492 @@
+//! Plots with plotters, each as PNG and SVG: output-length difference histograms per method,
+//! negatives vs threshold, score vs KV memory per task, stacked latency attribution.
+//!
+//! Text is drawn with a TrueType font read at run time from the system's fonts (DejaVu Sans
+//! or Liberation Sans; `KVLENS_FONT` names another file): no font file is shipped. Without
+//! one, no plot is drawn and the caller is told why.
+
+use crate::analysis::Analysis;
+use crate::load::Sample;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+type PlotResult = std::result::Result<(), String>;
+
+const FONT_CANDIDATES: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a system font as `sans-serif` once; the path used, or why none.
+pub fn ensure_font() -> std::result::Result<PathBuf, String> {
+    static FONT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Ok(p) = std::env::var("KVLENS_FONT") {
+            candidates.push(p.into());
+        }
+        candidates.extend(FONT_CANDIDATES.iter().map(PathBuf::from));
+        for p in candidates {
+            if let Ok(bytes) = std::fs::read(&p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(p);
+                }
+            }
+        }
+        Err(format!(
+            "no TrueType font found (tried {}; set KVLENS_FONT to a .ttf file)",
+            FONT_CANDIDATES.join(", ")
+        ))
+    })
+    .clone()
+}
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn color(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// Method names shortened for legends: the name before `:` when that is unique.
+fn short_names(methods: &[String]) -> HashMap<String, String> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for m in methods {
+        *count.entry(m.split(':').next().unwrap_or(m)).or_default() += 1;
+    }
+    methods
+        .iter()
+        .map(|m| {
+            let head = m.split(':').next().unwrap_or(m);
+            let s = if count.get(head) == Some(&1) { head } else { m };
+            (m.clone(), s.to_string())
+        })
+        .collect()
+}
+
+/// (method, KV ratio, score).
+type MethodPoint = (String, f64, f64);
+
+/// Everything the plots draw, gathered once.
+struct Data {
+    methods: Vec<String>,
+    short: HashMap<String, String>,
+    /// Per method: output_tokens(method) − output_tokens(baseline), per paired sample.
+    length_diff: Vec<(String, Vec<f64>)>,
+    /// Per method or joint set: (threshold, negatives summed over tasks).
+    negatives: Vec<(String, Vec<(f64, f64)>)>,
+    /// Per task: (method, KV ratio, score).
+    score_kv: Vec<(String, Vec<MethodPoint>)>,
+    /// Per method: mean Δprefill, Δper-token, Δtokens over attributed samples of all tasks.
+    latency: Vec<(String, [f64; 3])>,
+}
+
+fn gather(a: &Analysis, samples: &[Sample]) -> Data {
+    let base: HashMap<(&str, &str, &str), &Sample> = samples
+        .iter()
+        .filter(|s| s.method == a.baseline)
+        .map(|s| ((s.model.as_str(), s.task.as_str(), s.sample_id.as_str()), s))
+        .collect();
+    let mut diffs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.method != a.baseline) {
+        if let Some(b) = base.get(&(s.model.as_str(), s.task.as_str(), s.sample_id.as_str())) {
+            if let (Some(lm), Some(lb)) = (s.output_tokens, b.output_tokens) {
+                diffs.entry(&s.method).or_default().push(lm - lb);
+            }
+        }
+    }
+    let others: Vec<String> = a.methods.iter().skip(1).cloned().collect();
+    let length_diff = others
+        .iter()
+        .filter_map(|m| diffs.remove(m.as_str()).map(|d| (m.clone(), d)))
+        .collect();
+    let mut neg: Vec<(String, BTreeMap<u64, f64>)> = Vec::new();
+    for r in &a.negatives {
+        let i = match neg.iter().position(|(m, _)| *m == r.method) {
+            Some(i) => i,
+            None => {
+                neg.push((r.method.clone(), BTreeMap::new()));
+                neg.len() - 1
+            }
+        };
+        *neg[i].1.entry(r.threshold.to_bits()).or_default() += r.count as f64;
+    }
+    let negatives: Vec<(String, Vec<(f64, f64)>)> = neg
+        .into_iter()
+        .map(|(m, t)| {
+            let mut pts: Vec<(f64, f64)> =
+                t.into_iter().map(|(k, v)| (f64::from_bits(k), v)).collect();
+            pts.sort_by(|x, y| x.0.total_cmp(&y.0));
+            (m, pts)
+        })
+        .collect();
+    let mut score_kv: Vec<(String, Vec<MethodPoint>)> = Vec::new();
+    let mut lat: BTreeMap<&str, ([f64; 3], usize)> = BTreeMap::new();
+    for r in &a.rows {
+        if let (Some(k), Some(s)) = (r.kv_bytes_ratio, r.score) {
+            match score_kv.iter_mut().find(|(t, _)| *t == r.task) {
+                Some((_, v)) => v.push((r.method.clone(), k, s)),
+                None => score_kv.push((r.task.clone(), vec![(r.method.clone(), k, s)])),
+            }
+        }
+        if let (Some(p), Some(t), Some(x)) = (
+            r.delta_prefill_ms_sum,
+            r.delta_per_token_ms_sum,
+            r.delta_extra_tokens_ms_sum,
+        ) {
+            let e = lat.entry(&r.method).or_default();
+            e.0[0] += p;
+            e.0[1] += t;
+            e.0[2] += x;
+            e.1 += r.attributed;
+        }
+    }
+    let latency = others
+        .iter()
+        .filter_map(|m| {
+            lat.get(m.as_str())
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (m.clone(), s.map(|x| x / *n as f64)))
+        })
+        .collect();
+    let mut all = a.methods.clone();
+    for (m, _) in &negatives {
+        if !all.contains(m) {
+            all.push(m.clone());
+        }
+    }
+    Data {
+        short: short_names(&all),
+        methods: all,
+        length_diff,
+        negatives,
+        score_kv,
+        latency,
+    }
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+fn grid(n: usize) -> (usize, usize) {
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    (n.div_ceil(cols).max(1), cols)
+}
+
+fn draw_length<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            "Output length − baseline's (tokens), per method",
+            ("sans-serif", 22),
+        )
+        .map_err(err)?;
+    let (rows, cols) = grid(d.length_diff.len());
+    let areas = root.split_evenly((rows, cols));
+    for (i, ((m, diffs), area)) in d.length_diff.iter().zip(areas.iter()).enumerate() {
+        // Token differences are integers: bins of a whole number of tokens, centred on
+        // integers, so that no bin holds more integers than its neighbours.
+        let lo = diffs
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(-1.0)
+            .floor();
+        let hi = diffs
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(1.0)
+            .ceil();
+        let w = ((hi - lo + 1.0) / 40.0).ceil().max(1.0);
+        let lo = lo - 0.5;
+        let bins = ((hi + 0.5 - lo) / w).ceil().max(1.0) as usize;
+        let hi = lo + bins as f64 * w;
+        let mut counts = vec![0u32; bins];
+        for &x in diffs {
+            let b = (((x - lo) / w) as usize).min(bins - 1);
+            counts[b] += 1;
+        }
+        let top = counts.iter().copied().max().unwrap_or(1).max(1);
+        let mut chart = ChartBuilder::on(area)
+            .caption(d.short.get(m).unwrap_or(m), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("tokens")
+            .y_desc("samples")
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        let c = color(i);
+        chart
+            .draw_series(counts.iter().enumerate().map(|(b, &n)| {
+                let x0 = lo + b as f64 * w;
+                Rectangle::new([(x0, 0), (x0 + w, n)], c.filled())
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 0), (0.0, top)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+fn draw_negatives<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = d
+        .negatives
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(1.0, f64::max);
+    let ymax = d
+        .negatives
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Negative samples vs threshold δ (all tasks)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..xmax * 1.05, 0.0..ymax * 1.1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("δ (%)")
+        .y_desc("negative samples")
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    for (i, (m, pts)) in d.negatives.iter().enumerate() {
+        let c = color(i);
+        let joint = !d
+            .methods
+            .iter()
+            .take(d.length_diff.len() + 1)
+            .any(|x| x == m);
+        let style = if joint {
+            c.stroke_width(3)
+        } else {
+            c.stroke_width(2)
+        };
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), style))
+            .map_err(err)?
+            .label(d.short.get(m).cloned().unwrap_or_else(|| m.clone()))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn draw_score_kv<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            "Score (×100) vs KV memory (ratio to baseline), per task",
+            ("sans-serif", 22),
+        )
+        .map_err(err)?;
+    let (rows, cols) = grid(d.score_kv.len());
+    let areas = root.split_evenly((rows, cols));
+    for ((task, pts), area) in d.score_kv.iter().zip(areas.iter()) {
+        let xmax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let ymax = pts.iter().map(|p| p.2).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(task, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("KV bytes / baseline")
+            .y_desc("score")
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        for (m, x, y) in pts {
+            let i = d.methods.iter().position(|k| k == m).unwrap_or(0);
+            let c = color(i);
+            let name = d.short.get(m).cloned().unwrap_or_else(|| m.clone());
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((*x, *y))
+                        + Circle::new((0, 0), 4, c.filled())
+                        + Text::new(name, (5, -12), ("sans-serif", 10)),
+                ))
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let n = d.latency.len();
+    let mut lo: f64 = 0.0;
+    let mut hi: f64 = 0.0;
+    for (_, parts) in &d.latency {
+        lo = lo.min(parts.iter().filter(|x| **x < 0.0).sum());
+        hi = hi.max(parts.iter().filter(|x| **x > 0.0).sum());
+    }
+    let pad = (hi - lo).max(1.0) * 0.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Mean Δe2e per sample = Δprefill + per-token speed + extra tokens (ms)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n.max(1) as f64, (lo - pad)..(hi + pad))
+        .map_err(err)?;
+    let names: Vec<String> = d
+        .latency
+        .iter()
+        .map(|(m, _)| d.short.get(m).cloned().unwrap_or_else(|| m.clone()))
+        .collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(1) * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("ms")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    let part_names = ["Δprefill", "per-token speed", "extra tokens"];
+    let part_colors = [color(0), color(1), color(2)];
+    for (k, (pname, pc)) in part_names.iter().zip(part_colors).enumerate() {
+        let mut rects = Vec::new();
+        for (i, (_, parts)) in d.latency.iter().enumerate() {
+            // Positive parts stack upward, negative parts downward, in the same order.
+            let v = parts[k];
+            let base: f64 = parts[..k]
+                .iter()
+                .filter(|x| (**x >= 0.0) == (v >= 0.0))
+                .sum();
+            let x0 = i as f64 + 0.2;
+            rects.push(Rectangle::new(
+                [(x0, base), (x0 + 0.6, base + v)],
+                pc.filled(),
+            ));
+        }
+        chart
+            .draw_series(rects)
+            .map_err(err)?
+            .label(*pname)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], pc.filled()));
+    }
+    for (i, (_, parts)) in d.latency.iter().enumerate() {
+        let total: f64 = parts.iter().sum();
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(i as f64 + 0.15, total), (i as f64 + 0.85, total)],
+                BLACK.stroke_width(2),
+            )))
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 0.0), (n as f64, 0.0)],
+            BLACK.stroke_width(1),
+        )))
+        .map_err(err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+macro_rules! both {
+    ($dir:expr, $stem:expr, $size:expr, $f:ident, $d:expr, $out:expr) => {{
+        let png = $dir.join(format!("{}.png", $stem));
+        let svg = $dir.join(format!("{}.svg", $stem));
+        $f(BitMapBackend::new(&png, $size).into_drawing_area(), $d)
+            .map_err(|e| format!("{}: {e}", png.display()))?;
+        $f(SVGBackend::new(&svg, $size).into_drawing_area(), $d)
+            .map_err(|e| format!("{}: {e}", svg.display()))?;
+        $out.push(png);
+        $out.push(svg);
+    }};
+}
+
+/// Draws every plot into `dir`; the files written, or why not.
+pub fn draw_all(
+    a: &Analysis,
+    samples: &[Sample],
+    dir: &Path,
+) -> std::result::Result<Vec<PathBuf>, String> {
+    ensure_font()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let d = gather(a, samples);
+    let mut out = Vec::new();
+    if !d.length_diff.is_empty() {
+        let (r, c) = grid(d.length_diff.len());
+        let size = (320 * c as u32 + 40, 240 * r as u32 + 60);
+        both!(dir, "length_diff", size, draw_length, &d, out);
+    }
+    if !d.negatives.is_empty() {
+        both!(dir, "negatives", (900, 600), draw_negatives, &d, out);
+    }
+    if !d.score_kv.is_empty() {
+        let (r, c) = grid(d.score_kv.len());
+        let size = (340 * c as u32 + 40, 260 * r as u32 + 60);
+        both!(dir, "score_kv", size, draw_score_kv, &d, out);
+    }
+    if !d.latency.is_empty() {
+        let size = ((140 * d.latency.len() as u32).max(600) + 120, 600);
+        both!(dir, "latency", size, draw_latency, &d, out);
+    }
+    Ok(out)
+}

@@ -1,0 +1,201 @@
+//! `kvlens analyze`, `kvlens inspect`, `kvlens import`: flags and printing; the work is in
+//! kvlens-analyze.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kvlens_analyze::{import, inspect, output, plots, Options, Rule};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Run folders (or record files); their records are analyzed together.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// The baseline method (default: `full`, else `hf` for imported paper files).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Negative-sample rule: `paper` (MLSys 2025, as published) or `default` (also b > 0).
+    #[arg(long, default_value = "default")]
+    pub rule: Rule,
+    /// Thresholds δ in percent.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,10,16,24,32")]
+    pub thresholds: Vec<f64>,
+    /// δ (percent) of the table's negatives column and of the flags.
+    #[arg(long, default_value_t = 10.0)]
+    pub delta: f64,
+    /// A joint set of methods, `A+B`: samples negative for all of them (repeatable).
+    #[arg(long)]
+    pub joint: Vec<String>,
+    /// Where tables and plots go (default: analysis/<name of the first results folder>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object (`negatives`, `tasks`) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Bootstrap resamples for the Δscore intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the plots.
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+pub fn analyze(a: AnalyzeArgs) -> Result<()> {
+    if a.thresholds.is_empty() || a.thresholds.iter().any(|t| !t.is_finite()) {
+        bail!("--thresholds must be numbers (percent)");
+    }
+    let t0 = std::time::Instant::now();
+    let samples = kvlens_analyze::load_runs(&a.results).context("reading the records")?;
+    if samples.is_empty() {
+        bail!("no records under {}", display(&a.results));
+    }
+    let t_load = t0.elapsed();
+    let opts = Options {
+        baseline: a.baseline.clone(),
+        rule: a.rule,
+        thresholds: a.thresholds.clone(),
+        joint: a.joint.clone(),
+        delta: a.delta,
+        bootstrap_reps: a.bootstrap,
+        seed: a.seed,
+    };
+    let an = kvlens_analyze::analyze(&samples, &opts)?;
+    let t_an = t0.elapsed();
+    let out = a.out.clone().unwrap_or_else(|| {
+        let name = a.results[0]
+            .file_name()
+            .map_or("run".into(), |n| n.to_string_lossy().to_string());
+        PathBuf::from("analysis").join(name)
+    });
+    output::write_tables(&an, &out)
+        .with_context(|| format!("writing tables to {}", out.display()))?;
+    let plots = if a.no_plots {
+        Ok(Vec::new())
+    } else {
+        plots::draw_all(&an, &samples, &out.join("plots"))
+    };
+    let t_all = t0.elapsed();
+    if a.json {
+        println!("{}", serde_json::to_string(&output::json(&an))?);
+    } else {
+        println!(
+            "{} records, baseline `{}`, rule {}, negatives at δ = {}%\n",
+            samples.len(),
+            an.baseline,
+            match an.rule {
+                Rule::Default => "default (b ≥ median, b > 0)",
+                Rule::Paper => "paper (b ≥ median)",
+            },
+            an.delta
+        );
+        print!("{}", output::markdown(&an));
+        let meta = output::meta_markdown(&an.by_meta);
+        if !meta.is_empty() {
+            println!(
+                "\nFailures by the generator's meta (negatives at δ = {}%):",
+                an.delta
+            );
+            print!("{meta}");
+        }
+    }
+    let missing_b = an
+        .missing
+        .iter()
+        .filter(|m| m.missing_side == "baseline")
+        .count();
+    let missing_m = an.missing.len() - missing_b;
+    if missing_b + missing_m > 0 {
+        eprintln!(
+            "kvlens: {missing_b} samples have no baseline record and {missing_m} baseline samples are missing under some method (listed in {})",
+            out.join("missing.csv").display()
+        );
+    }
+    if an.duplicates > 0 {
+        eprintln!(
+            "kvlens: {} duplicate records ignored (the first of each is used)",
+            an.duplicates
+        );
+    }
+    match plots {
+        Ok(p) if !p.is_empty() => eprintln!(
+            "kvlens: {} plots in {}",
+            p.len(),
+            out.join("plots").display()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("kvlens: no plots: {e}"),
+    }
+    eprintln!(
+        "kvlens: tables in {} ({} flagged samples); read {:.2}s, analyzed {:.2}s, total {:.2}s",
+        out.display(),
+        an.flags.len(),
+        t_load.as_secs_f64(),
+        (t_an - t_load).as_secs_f64(),
+        t_all.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn display(p: &[PathBuf]) -> String {
+    p.iter()
+        .map(|x| x.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    pub results: Vec<PathBuf>,
+    #[arg(long)]
+    pub task: String,
+    #[arg(long)]
+    pub sample: String,
+    /// Methods to show (names, specs or file labels; comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    #[arg(long, default_value = "full")]
+    pub baseline: String,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let records = kvlens_analyze::load::load_records(&a.results)?;
+    print!(
+        "{}",
+        inspect::inspect(&records, &a.task, &a.sample, &a.methods, &a.baseline)?
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum ImportCommand {
+    /// LongBench prediction folders: DIR/<method>/<dataset>.jsonl (pred, answers,
+    /// all_classes, length), scored here with each dataset's metric.
+    LongbenchPred {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The model name the records carry.
+        #[arg(long, default_value = "imported")]
+        model: String,
+    },
+    /// Per-sample score files of the MLSys 2025 paper:
+    /// <method>_<model>_<maxlen>_b<batch>[_<params>]_<dataset>_eval.json.
+    ScoreFiles {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn import(c: ImportCommand) -> Result<()> {
+    let done = match &c {
+        ImportCommand::LongbenchPred { dir, out, model } => {
+            import::longbench_pred(dir, out, model)?
+        }
+        ImportCommand::ScoreFiles { dir, out } => import::score_files(dir, out)?,
+    };
+    println!("{} records in {} files", done.records, done.files.len());
+    Ok(())
+}
