@@ -1,21 +1,13 @@
 //! Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"): a five-digit key hidden
 //! in repeated filler text.
 
-use super::{budget, insert, rng::Rng, Draft, Fit, Generator};
+use super::{budget, insert, rng::Rng, words, Draft, Fit, Generator};
 use crate::error::Result;
 use crate::spec::{TaskSpec, Truncation};
 use kvlens_score::Metric;
 use serde_json::{json, Map};
 
 pub struct Passkey;
-
-const FILLER: [&str; 5] = [
-    "The grass is green.",
-    "The sky is blue.",
-    "The sun is yellow.",
-    "Here we go.",
-    "There and back again.",
-];
 
 impl Generator for Passkey {
     fn name(&self) -> &'static str {
@@ -51,7 +43,7 @@ impl Generator for Passkey {
         let mut k = 0;
         let hay = fit.fill(budget(tokens, over), rng, |_| {
             k += 1;
-            FILLER[(k - 1) % FILLER.len()].to_string()
+            words::NOISE[(k - 1) % words::NOISE.len()].to_string()
         })?;
         let mut meta = Map::new();
         meta.insert("depth".into(), json!(depth));

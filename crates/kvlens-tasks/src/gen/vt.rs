@@ -1,7 +1,7 @@
 //! Variable tracking (RULER, Hsieh et al. 2024): a chain of assignments `VAR B = VAR A`
 //! hidden in filler; the model names every variable that ends up holding the value.
 
-use super::{budget, insert, rng::Rng, Draft, Fit, Generator};
+use super::{budget, insert, rng::Rng, words, Draft, Fit, Generator};
 use crate::error::Result;
 use crate::spec::{TaskSpec, Truncation};
 use kvlens_score::Metric;
@@ -11,14 +11,6 @@ pub struct VariableTracking;
 
 /// Assignments after the first one.
 const HOPS: usize = 4;
-
-const FILLER: [&str; 5] = [
-    "The grass is green.",
-    "The sky is blue.",
-    "The sun is yellow.",
-    "Here we go.",
-    "There and back again.",
-];
 
 fn var_name(rng: &mut Rng) -> String {
     (0..5)
@@ -72,7 +64,7 @@ impl Generator for VariableTracking {
         let mut k = 0;
         let hay = fit.fill(budget(tokens, over), rng, |_| {
             k += 1;
-            FILLER[(k - 1) % FILLER.len()].to_string()
+            words::NOISE[(k - 1) % words::NOISE.len()].to_string()
         })?;
         // The chain starts at `depth` and its links follow in order through the rest of
         // the context.

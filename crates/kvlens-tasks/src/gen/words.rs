@@ -3,6 +3,16 @@
 
 use super::rng::Rng;
 
+/// The repeated filler of passkey retrieval (Mohtashami & Jaggi 2023), also RULER's "noise"
+/// haystack for variable tracking.
+pub const NOISE: [&str; 5] = [
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+];
+
 pub const ADJECTIVES: &[&str] = &[
     "amber", "ancient", "brave", "bright", "calm", "clever", "crimson", "curious", "distant",
     "eager", "electric", "faint", "fierce", "gentle", "golden", "hollow", "humble", "icy", "jolly",
