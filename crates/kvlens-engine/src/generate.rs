@@ -191,6 +191,19 @@ pub fn decode(
     pre: &Prefilled,
     opts: &GenOptions,
 ) -> Result<Generation> {
+    decode_with(model, cache, prompt, pre, opts, &mut |_| {})
+}
+
+/// [`decode`], calling `on_token` with the tokens generated so far each time one is accepted
+/// (not the EOS token, nor the token that completes a stop string): a server streams from it.
+pub fn decode_with(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    pre: &Prefilled,
+    opts: &GenOptions,
+    on_token: &mut dyn FnMut(&[u32]),
+) -> Result<Generation> {
     let start = Instant::now();
     let since_start = |t: Instant| pre.prefill_ms + ms(t);
     let prefill_ms = pre.prefill_ms;
@@ -222,6 +235,7 @@ pub fn decode(
                 break;
             }
         }
+        on_token(&tokens);
         if tokens.len() == opts.max_new_tokens {
             break;
         }

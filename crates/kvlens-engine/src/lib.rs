@@ -14,7 +14,8 @@ pub mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use error::{EngineError, Result};
 pub use generate::{
-    decode, generate, prefill, FinishReason, GenOptions, Generation, Prefilled, Sampling,
+    decode, decode_with, generate, prefill, FinishReason, GenOptions, Generation, Prefilled,
+    Sampling,
 };
 pub use model::{Config, Logits, Transformer};
 pub use source::ModelSource;
@@ -45,14 +46,40 @@ impl Model {
     /// Loads `spec`: `default`, a `.gguf` file, a Hugging Face folder, or `hf:ORG/NAME`.
     /// `say` receives progress messages meant for people (fetching, loading).
     pub fn load(spec: &str, opts: &LoadOptions, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        Self::load_with(spec, opts, say, true)
+    }
+
+    /// Loads only what turns text into tokens: the tokenizer, the chat template, the context
+    /// length (for prompts sent to a server that runs the weights). A Hugging Face model
+    /// downloads no weights; a GGUF file is read for its metadata only. Generating with it
+    /// fails.
+    pub fn load_tokenizer(
+        spec: &str,
+        opts: &LoadOptions,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        Self::load_with(spec, opts, say, false)
+    }
+
+    /// Whether this model can generate (see [`Model::load_tokenizer`]).
+    pub fn has_weights(&self) -> bool {
+        self.transformer.has_weights()
+    }
+
+    fn load_with(
+        spec: &str,
+        opts: &LoadOptions,
+        say: &mut dyn FnMut(&str),
+        weights: bool,
+    ) -> Result<Self> {
         let offline = opts.offline || source::offline_from_env();
         let mut model = match ModelSource::parse(spec)? {
             ModelSource::Default => {
                 let (path, _) = source::ensure_default(offline, say)?;
-                Self::from_gguf(&path)?
+                Self::from_gguf_with(&path, weights)?
             }
-            ModelSource::Gguf(p) => Self::from_gguf(&p)?,
-            ModelSource::HfFolder(p) => Self::from_hf_folder(&p)?,
+            ModelSource::Gguf(p) => Self::from_gguf_with(&p, weights)?,
+            ModelSource::HfFolder(p) => Self::from_hf_folder_with(&p, weights)?,
             ModelSource::Hub {
                 repo,
                 revision,
@@ -61,7 +88,14 @@ impl Model {
                 let rev = revision.as_deref();
                 if let Some(file) = file {
                     let paths = source::hub_files(&repo, rev, &[&file], offline)?;
-                    Self::from_gguf(&paths[0])?
+                    Self::from_gguf_with(&paths[0], weights)?
+                } else if !weights {
+                    say(&format!("resolving hf:{repo} (tokenizer only)"));
+                    let paths =
+                        source::hub_files(&repo, rev, &["config.json", "tokenizer.json"], offline)?;
+                    let dir = paths[0].parent().map(Path::to_path_buf).unwrap_or_default();
+                    let _ = source::hub_optional(&repo, rev, "tokenizer_config.json", offline);
+                    Self::from_hf_folder_with(&dir, false)?
                 } else {
                     say(&format!("resolving hf:{repo}"));
                     let paths =
@@ -88,8 +122,21 @@ impl Model {
     }
 
     pub fn from_gguf(path: &Path) -> Result<Self> {
+        Self::from_gguf_with(path, true)
+    }
+
+    fn from_gguf_with(path: &Path, weights: bool) -> Result<Self> {
         let g = gguf::Gguf::open(path)?;
-        let transformer = Transformer::from_gguf(&g)?;
+        let mut transformer = if weights {
+            Transformer::from_gguf(&g)?
+        } else {
+            let arch = g.string("general.architecture").unwrap_or_default();
+            let context = g
+                .u32(&format!("{arch}.context_length"))
+                .map(|c| c as usize)
+                .unwrap_or(2048);
+            Transformer::config_only(context, 0)
+        };
         let side = path.with_file_name("tokenizer.json");
         let tokenizer = if side.exists() {
             let t = Tokenizer::from_file(&side)?;
@@ -111,6 +158,9 @@ impl Model {
             id.and_then(|i| tokenizer.id_to_token(i))
                 .unwrap_or_default()
         };
+        if !weights {
+            transformer.config.vocab = tokenizer.vocab_size();
+        }
         let template = g.string("tokenizer.chat_template").ok().map(|t| {
             ChatTemplate::new(
                 t,
@@ -131,6 +181,10 @@ impl Model {
     /// shards listed in `model.safetensors.index.json`), and optionally
     /// `tokenizer_config.json` (chat template, special tokens).
     pub fn from_hf_folder(dir: &Path) -> Result<Self> {
+        Self::from_hf_folder_with(dir, true)
+    }
+
+    fn from_hf_folder_with(dir: &Path, weights: bool) -> Result<Self> {
         let read_json = |name: &str| -> Result<serde_json::Value> {
             let p = dir.join(name);
             let text = std::fs::read_to_string(&p).map_err(|e| EngineError::Model {
@@ -143,6 +197,19 @@ impl Model {
             })
         };
         let cfg = read_json("config.json")?;
+        let transformer = if weights {
+            Self::hf_weights(dir, &cfg)?
+        } else {
+            let num = |k: &str| cfg.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+            Transformer::config_only(
+                num("max_position_embeddings").unwrap_or(2048),
+                num("vocab_size").unwrap_or(0),
+            )
+        };
+        Self::with_hf_tokenizer(dir, &cfg, transformer)
+    }
+
+    fn hf_weights(dir: &Path, cfg: &serde_json::Value) -> Result<Transformer> {
         let files: Vec<PathBuf> = if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
         } else if dir.join("model.safetensors.index.json").exists() {
@@ -190,9 +257,17 @@ impl Model {
                 msg: format!("tensor `{name}` is missing"),
             })
         };
-        let transformer = Transformer::from_hf(dir, &cfg, take)?;
+        Transformer::from_hf(dir, cfg, take)
+    }
 
-        let tcfg = read_json("tokenizer_config.json").ok();
+    fn with_hf_tokenizer(
+        dir: &Path,
+        cfg: &serde_json::Value,
+        transformer: Transformer,
+    ) -> Result<Self> {
+        let tcfg = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
         let hf = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let token_str = |v: Option<&serde_json::Value>| -> Option<String> {
             match v? {

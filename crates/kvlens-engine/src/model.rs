@@ -85,6 +85,40 @@ fn model_err(path: &Path, msg: impl Into<String>) -> EngineError {
 }
 
 impl Transformer {
+    /// A transformer without weights, for a model that only tokenizes (prompts sent to a
+    /// server): its context length and vocabulary size are known; a forward pass panics.
+    pub fn config_only(context: usize, vocab: usize) -> Self {
+        let empty = || Weight::F32 {
+            data: Arc::new(Vec::new()),
+            rows: 0,
+            cols: 0,
+        };
+        Self {
+            config: Config {
+                n_layers: 0,
+                dim: 0,
+                ffn_dim: 0,
+                n_heads: 0,
+                n_kv_heads: 0,
+                head_dim: 0,
+                vocab,
+                rms_eps: 0.0,
+                rope_base: 0.0,
+                rope_style: RopeStyle::Half,
+                context,
+            },
+            embed: empty(),
+            layers: Vec::new(),
+            norm: Vec::new(),
+            output: empty(),
+        }
+    }
+
+    /// Whether the weights were loaded (see [`Transformer::config_only`]).
+    pub fn has_weights(&self) -> bool {
+        !self.layers.is_empty()
+    }
+
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = g.string("general.architecture")?;
         if arch != "llama" {

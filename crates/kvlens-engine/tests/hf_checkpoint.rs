@@ -240,3 +240,27 @@ fn hub_models_load_from_the_hugging_face_cache_offline() {
     .to_string();
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
 }
+
+#[test]
+fn a_tokenizer_only_load_reads_no_weights_and_encodes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(dir.path());
+    let full = Model::from_hf_folder(dir.path()).unwrap();
+    // Without the weights file, only the tokenizer-only load works.
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert!(Model::from_hf_folder(dir.path()).is_err());
+    let text = Model::load_tokenizer(
+        dir.path().to_str().unwrap(),
+        &LoadOptions { offline: true },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(full.has_weights() && !text.has_weights());
+    assert_eq!(text.config().context, full.config().context);
+    for (prompt, chat) in [("the cat sat on the mat", false), ("the </s> dog", true)] {
+        assert_eq!(
+            text.encode_prompt(prompt, chat).unwrap(),
+            full.encode_prompt(prompt, chat).unwrap()
+        );
+    }
+}

@@ -10,7 +10,13 @@ use std::sync::OnceLock;
 pub fn models_dir() -> PathBuf {
     std::env::var_os("KVLENS_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../../models")
+        })
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -26,7 +32,10 @@ pub fn default_model() -> &'static Model {
 }
 
 pub fn golden() -> serde_json::Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamacpp_golden.json");
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fixtures/llamacpp_golden.json");
     let text = std::fs::read_to_string(&p).expect("reading the golden fixture");
     serde_json::from_str(&text).expect("parsing the golden fixture")
 }
