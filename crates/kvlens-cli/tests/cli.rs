@@ -6,7 +6,13 @@ use std::process::{Command, Output};
 fn models_dir() -> PathBuf {
     std::env::var_os("KVLENS_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../../models")
+        })
 }
 
 fn kvlens(args: &[&str]) -> Output {
@@ -204,7 +210,10 @@ fn a_broken_model_file_is_named_in_the_error() {
 #[test]
 fn datasets_generate_rebuilds_the_shipped_sets_byte_for_byte() {
     let _ = stdout(&kvlens(&["models", "fetch"]));
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    let shipped = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../datasets");
     let tmp = tempfile::tempdir().unwrap();
     let out = stdout(&kvlens(&[
         "datasets",

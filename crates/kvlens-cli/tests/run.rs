@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 fn models_dir() -> PathBuf {
     std::env::var_os("KVLENS_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../../models")
+        })
 }
 
 fn cmd(args: &[&str]) -> Command {

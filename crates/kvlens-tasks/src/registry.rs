@@ -79,18 +79,23 @@ pub struct DataDirs {
 
 impl DataDirs {
     /// `KVLENS_DATASETS` or `datasets/` in the current folder, falling back to the `datasets/`
-    /// of the source tree this binary was built from.
+    /// of the source tree: the one cargo names at run time (`cargo run`, `cargo test`), else
+    /// the one this binary was built from. (Cargo reuses a build from a shared target folder
+    /// after the checkout moves, so the path baked in at build time may be another clone's.)
     pub fn discover() -> Self {
         let shipped = std::env::var_os("KVLENS_DATASETS")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 let here = PathBuf::from("datasets");
-                if here.join("manifest.json").is_file() {
-                    here
-                } else {
-                    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
-                    src.canonicalize().unwrap_or(src)
-                }
+                let runtime = std::env::var_os("CARGO_MANIFEST_DIR")
+                    .map(|d| PathBuf::from(d).join("../../datasets"));
+                let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+                let src = [Some(here), runtime]
+                    .into_iter()
+                    .flatten()
+                    .find(|d| d.join("manifest.json").is_file())
+                    .unwrap_or(built);
+                src.canonicalize().unwrap_or(src)
             });
         let longbench = shipped.join("longbench");
         Self { shipped, longbench }
