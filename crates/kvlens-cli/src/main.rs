@@ -51,6 +51,9 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// One sample under every method, side by side.
     Inspect(analyze::InspectArgs),
+    /// Serve the engine with one compression method behind the OpenAI API
+    /// (/v1/chat/completions and /v1/completions, streaming included).
+    Serve(ServeArgs),
     /// Turn results made elsewhere into kvlens records.
     Import {
         #[command(subcommand)]
@@ -142,6 +145,68 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The compression method every request gets, e.g. `snapkv:budget=256`.
+    #[arg(long, default_value = "full")]
+    method: String,
+    /// Address to listen on; 0.0.0.0 to accept other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (printed on standard output).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model id the API lists (default: --model as given).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY`, KEY read from this environment variable.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Connections held at once; more are answered 503 (one generation runs at a time,
+    /// the others wait).
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let method = Spec::parse(&a.method).with_context(|| format!("--method {}", a.method))?;
+    let api_key = match &a.api_key_env {
+        None => None,
+        Some(v) => Some(
+            std::env::var(v)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .with_context(|| {
+                    format!("--api-key-env: the environment variable {v} is not set")
+                })?,
+        ),
+    };
+    let model = a.model.load()?;
+    let server = kvlens_run::serve::Server::bind(
+        model,
+        kvlens_run::serve::ServeOptions {
+            addr: format!("{}:{}", a.host, a.port),
+            method: method.clone(),
+            kv_dtype: a.model.dtype(),
+            served_name: a.served_model_name.clone(),
+            api_key,
+            max_connections: a.max_connections,
+        },
+    )
+    .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
+    let addr = server.local_addr()?;
+    eprintln!(
+        "kvlens: serving {} with {} at http://{addr}/v1 (Ctrl-C stops)",
+        a.served_model_name.as_deref().unwrap_or(&a.model.model),
+        method.canonical()
+    );
+    println!("http://{addr}/v1");
+    server.run();
+    Ok(())
+}
+
 fn main() {
     // Printing into a closed pipe (`kvlens datasets list | head`) ends the process quietly,
     // as command-line tools do, instead of panicking.
@@ -175,6 +240,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analyze(a) => analyze::analyze(a),
         Command::Inspect(a) => analyze::inspect(a),
         Command::Import { command } => analyze::import(command),
+        Command::Serve(a) => serve(a),
         Command::Methods => {
             print!("{}", methods_text());
             Ok(())

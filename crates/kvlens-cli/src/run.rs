@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// graded ones).
     #[arg(long)]
     pass_threshold: Option<f64>,
+    /// Requests in flight per server, for methods with `backend = "openai"` in --config
+    /// (default 4).
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Run again the samples whose records hold an error.
     #[arg(long)]
     retry_errors: bool,
@@ -103,7 +107,13 @@ impl RunArgs {
             c.tasks = split(t);
         }
         if let Some(m) = &self.methods {
-            c.methods = vec![m.clone()];
+            c.methods = kvlens_run::config::Methods {
+                local: vec![m.clone()],
+                remote: Vec::new(),
+            };
+        }
+        if let Some(n) = self.concurrency {
+            c.concurrency = n.max(1);
         }
         if self.out.is_some() {
             c.out = self.out.clone();
@@ -272,8 +282,14 @@ pub fn run(a: RunArgs) -> Result<()> {
             .context("setting up the thread pool")?;
     }
     let mut say = |m: &str| eprintln!("kvlens: {m}");
-    let model = Model::load(&cfg.model, &LoadOptions { offline: a.offline }, &mut say)
-        .with_context(|| format!("loading model `{}`", cfg.model))?;
+    let load_opts = LoadOptions { offline: a.offline };
+    // Every method served elsewhere: the model is needed only to cut and count tokens.
+    let model = if plan.methods.is_empty() {
+        Model::load_tokenizer(&cfg.model, &load_opts, &mut say)
+    } else {
+        Model::load(&cfg.model, &load_opts, &mut say)
+    }
+    .with_context(|| format!("loading model `{}`", cfg.model))?;
     let prov = Provenance {
         kvlens_version: env!("CARGO_PKG_VERSION").into(),
         model_file: model.path.display().to_string(),
@@ -285,7 +301,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     eprintln!(
         "kvlens: {} tasks × {} methods, {} records → {}",
         plan.tasks.len(),
-        plan.methods.len(),
+        plan.method_count(),
         plan.total(),
         out.display()
     );
@@ -300,7 +316,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         outcome.engine_ms / 1e3,
         outcome.overhead_percent()
     );
-    print_summary(&out)
+    // The records are written; an analysis that cannot run (no baseline among the methods)
+    // is a note, not a failure of the run.
+    if let Err(e) = print_summary(&out) {
+        eprintln!(
+            "kvlens: no analysis: {e:#}\nkvlens: run `kvlens analyze {} --baseline NAME`",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Analyzes a run folder against `full`, as `kvlens analyze RUN` does: the table on standard

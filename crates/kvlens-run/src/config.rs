@@ -1,7 +1,8 @@
 //! A run described as data: the same fields as `kvlens run`'s flags, in TOML.
 
 use crate::error::{Result, RunError};
-use serde::{Deserialize, Serialize};
+use crate::remote::Remote;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::{Path, PathBuf};
 
 /// Everything that decides what a run computes. Flags on the command line override the
@@ -15,9 +16,13 @@ pub struct RunConfig {
     /// Task names, `NAME=FILE`, or task spec `.toml` files.
     #[serde(default)]
     pub tasks: Vec<String>,
-    /// Method specs; `full` is added first when missing.
+    /// Method specs (`full` is added first when missing), or a table of named methods, some
+    /// of them served elsewhere (`[methods.NAME] backend = "openai"`).
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Methods,
+    /// Requests in flight per server for methods with a remote backend.
+    #[serde(default = "four")]
+    pub concurrency: usize,
     /// The run folder.
     #[serde(default)]
     pub out: Option<PathBuf>,
@@ -66,6 +71,9 @@ pub struct RunConfig {
 fn yes() -> bool {
     true
 }
+fn four() -> usize {
+    4
+}
 
 fn default_model() -> String {
     "default".into()
@@ -104,7 +112,8 @@ impl Default for RunConfig {
         Self {
             model: default_model(),
             tasks: Vec::new(),
-            methods: Vec::new(),
+            methods: Methods::default(),
+            concurrency: four(),
             out: None,
             name: None,
             limit: None,
@@ -165,7 +174,7 @@ impl RunConfig {
             }
         }
         if self.methods.is_empty() {
-            self.methods = DEFAULT_METHODS.iter().map(|s| s.to_string()).collect();
+            self.methods.local = DEFAULT_METHODS.iter().map(|s| s.to_string()).collect();
         }
         self
     }
@@ -206,6 +215,114 @@ impl RunConfig {
     }
 }
 
+/// The methods of a run: local specs, and named methods served elsewhere.
+///
+/// In TOML either a list of specs (`methods = ["full", "snapkv:budget=256"]`) or a table of
+/// named methods: `[methods.NAME]` with `spec = "..."` (or nothing, when NAME is the spec)
+/// runs locally; with `backend = "openai"`, `base_url` and `model` it is sent to a server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Methods {
+    /// Specs run by kvlens's engine (each may hold a comma list).
+    pub local: Vec<String>,
+    /// `(name, server)`; records name the method by NAME.
+    pub remote: Vec<(String, Remote)>,
+}
+
+impl Methods {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.remote.is_empty()
+    }
+}
+
+impl Serialize for Methods {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.remote.is_empty() {
+            return self.local.serialize(s);
+        }
+        let mut m = s.serialize_map(Some(self.local.len() + self.remote.len()))?;
+        for spec in &self.local {
+            m.serialize_entry(spec, &toml::Table::new())?;
+        }
+        for (name, r) in &self.remote {
+            m.serialize_entry(name, r)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Methods {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = toml::Value::deserialize(d)?;
+        let mut out = Methods::default();
+        match v {
+            toml::Value::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) => out.local.push(s),
+                        other => {
+                            return Err(D::Error::custom(format!(
+                                "methods[{i}]: expected a method spec string, found {}",
+                                other.type_str()
+                            )))
+                        }
+                    }
+                }
+            }
+            toml::Value::Table(t) => {
+                for (name, entry) in t {
+                    let toml::Value::Table(mut e) = entry else {
+                        return Err(D::Error::custom(format!(
+                            "methods.{name}: expected a table"
+                        )));
+                    };
+                    let backend = match e.get("backend") {
+                        None => "local".to_string(),
+                        Some(toml::Value::String(b)) => b.clone(),
+                        Some(_) => {
+                            return Err(D::Error::custom(format!(
+                                "methods.{name}.backend: expected a string"
+                            )))
+                        }
+                    };
+                    if backend == "local" {
+                        e.remove("backend");
+                        let spec = match e.remove("spec") {
+                            None => name.clone(),
+                            Some(toml::Value::String(s)) => s,
+                            Some(_) => {
+                                return Err(D::Error::custom(format!(
+                                    "methods.{name}.spec: expected a method spec string"
+                                )))
+                            }
+                        };
+                        if let Some(k) = e.keys().next() {
+                            return Err(D::Error::custom(format!(
+                                "methods.{name}: `{k}` is not a field of a local method \
+                                 (fields: spec, backend)"
+                            )));
+                        }
+                        out.local.push(spec);
+                    } else {
+                        let r: Remote = toml::Value::Table(e)
+                            .try_into()
+                            .map_err(|err| D::Error::custom(format!("methods.{name}: {err}")))?;
+                        out.remote.push((name, r));
+                    }
+                }
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "methods: expected a list of specs or a table of named methods, found {}",
+                    other.type_str()
+                )))
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +345,70 @@ mod tests {
         let c = RunConfig::from_file(&p).unwrap();
         assert_eq!(c.shard().unwrap(), Some((1, 2)));
         assert_eq!(c.model, "default");
+    }
+
+    #[test]
+    fn methods_as_a_table_mix_servers_and_local_specs_and_survive_run_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("servers.toml");
+        std::fs::write(
+            &p,
+            "tasks = [\"passkey\"]\nconcurrency = 8\n\
+             [methods.full]\nbackend = \"openai\"\nbase_url = \"http://h:8000/v1\"\nmodel = \"m\"\n\
+             [methods.fp8kv]\nbackend = \"openai\"\nbase_url = \"http://h:8001/v1\"\nmodel = \"m\"\n\
+             api_key_env = \"K\"\nretries = 5\nendpoint = \"chat\"\nextra_body = { ignore_eos = false }\n\
+             [methods.snap]\nspec = \"snapkv:budget=256\"\n\
+             [methods.\"h2o:budget=64\"]\n",
+        )
+        .unwrap();
+        let c = RunConfig::from_file(&p).unwrap();
+        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.methods.local, vec!["h2o:budget=64", "snapkv:budget=256"]);
+        let names: Vec<&str> = c.methods.remote.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["fp8kv", "full"]);
+        let fp8 = &c.methods.remote[0].1;
+        assert_eq!(fp8.retries, 5);
+        assert_eq!(fp8.timeout_s, 600.0);
+        assert_eq!(fp8.endpoint, crate::remote::Endpoint::Chat);
+        assert_eq!(fp8.extra_body["ignore_eos"], serde_json::json!(false));
+        // Written as run.toml and read back: the same config.
+        let file = crate::runner::RunFile {
+            config: c.clone(),
+            provenance: crate::runner::Provenance {
+                kvlens_version: "0".into(),
+                model_file: "m".into(),
+                model_sha256: "0".into(),
+                command_line: String::new(),
+                threads: 1,
+            },
+        };
+        let run_toml = dir.path().join("run.toml");
+        std::fs::write(&run_toml, toml::to_string_pretty(&file).unwrap()).unwrap();
+        let back = RunConfig::from_file(&run_toml).unwrap();
+        assert_eq!(back.methods.remote, c.methods.remote);
+        let mut local = back.methods.local.clone();
+        local.sort();
+        assert_eq!(local, c.methods.local);
+
+        for (bad, want) in [
+            (
+                "[methods.x]\nbackend = \"openai\"\nbase_url = \"http://h\"\nmodle = \"m\"\n",
+                "methods.x",
+            ),
+            (
+                "[methods.x]\nbackend = \"openai\"\nmodel = \"m\"\n",
+                "base_url",
+            ),
+            (
+                "[methods.x]\nspec = \"full\"\nbase_url = \"http://h\"\n",
+                "not a field of a local method",
+            ),
+            ("methods = [1]\n", "methods[0]"),
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let e = RunConfig::from_file(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("servers.toml"), "{e}");
+        }
     }
 
     #[test]

@@ -3,12 +3,15 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod merge;
 pub mod record;
+pub mod remote;
 pub mod runner;
+pub mod serve;
 pub mod store;
 
 pub use config::RunConfig;
 pub use error::{Result, RunError};
-pub use record::{Key, Record};
+pub use record::{Key, Record, Served};
 pub use runner::{execute, Observer, Outcome, Plan, Quiet};

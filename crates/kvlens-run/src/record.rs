@@ -75,9 +75,27 @@ pub struct Record {
     /// Generator parameters and source metadata of the sample.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub meta: Map<String, Value>,
+    /// Where a method served elsewhere ran, and which numbers came from the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
     /// Set when the sample failed; the other fields then hold what was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a record of a remote method was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// `openai`.
+    pub backend: String,
+    /// The API root, without credentials.
+    pub server: String,
+    /// `usage` (the server counted) or `tokenizer` (counted here with the run's model).
+    pub output_tokens_from: String,
+    /// `server` (the server reported its prompt time) or `ttft` (time to first token).
+    pub prefill_from: String,
+    /// Requests sent for this sample (retries included).
+    pub attempts: u32,
 }
 
 /// The key a run never holds twice.

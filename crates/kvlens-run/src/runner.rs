@@ -3,7 +3,8 @@
 
 use crate::config::RunConfig;
 use crate::error::{Result, RunError};
-use crate::record::{Key, Record};
+use crate::record::{Key, Record, Served};
+use crate::remote::{self, Client, Remote};
 use crate::store::RecordFile;
 use kvlens_engine::generate::MIN_LAST_CHUNK;
 use kvlens_engine::{
@@ -11,7 +12,7 @@ use kvlens_engine::{
     Sampling,
 };
 use kvlens_press::{KvCache, KvDtype, Needs, Spec};
-use kvlens_tasks::{DataDirs, Task, Tokenize};
+use kvlens_tasks::{DataDirs, Prompt, Task, Tokenize};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -21,7 +22,10 @@ use std::time::Instant;
 /// What a run will do, before any model is loaded.
 pub struct Plan {
     pub tasks: Vec<PlannedTask>,
+    /// Methods run by kvlens's engine.
     pub methods: Vec<Spec>,
+    /// Methods sent to servers, by name.
+    pub remote: Vec<(String, Remote)>,
 }
 
 pub struct PlannedTask {
@@ -35,12 +39,19 @@ impl Plan {
     /// methods, with `full` first.
     pub fn new(cfg: &RunConfig, dirs: &DataDirs) -> Result<Self> {
         let mut methods = Vec::new();
-        for m in &cfg.methods {
+        for m in &cfg.methods.local {
             let list = kvlens_press::parse_list(m)
                 .map_err(|e| RunError::Invalid(format!("method `{m}`: {e}")))?;
             methods.extend(list);
         }
-        if !methods.iter().any(|s| s.canonical() == "full") {
+        let remote = cfg.methods.remote.clone();
+        let named_full = remote.iter().any(|(n, _)| n == "full");
+        // A run whose methods are all served elsewhere gets no local baseline: the servers
+        // may run a model this machine cannot.
+        if !methods.iter().any(|s| s.canonical() == "full")
+            && !named_full
+            && (remote.is_empty() || !methods.is_empty())
+        {
             methods.insert(
                 0,
                 Spec::parse("full").map_err(|e| RunError::Invalid(e.to_string()))?,
@@ -49,14 +60,24 @@ impl Plan {
         let mut seen = std::collections::HashSet::new();
         methods.retain(|s| seen.insert(s.canonical()));
         let mut labels = std::collections::HashMap::new();
-        for s in &methods {
-            if let Some(other) = labels.insert(s.label(), s.canonical()) {
+        let names = methods
+            .iter()
+            .map(|s| (s.label(), s.canonical()))
+            .chain(remote.iter().map(|(n, _)| (file_safe(n), n.clone())));
+        for (label, name) in names {
+            if let Some(other) = labels.insert(label.clone(), name.clone()) {
                 return Err(RunError::Invalid(format!(
-                    "methods `{other}` and `{}` would share the record file {}.jsonl",
-                    s.canonical(),
-                    s.label()
+                    "methods `{other}` and `{name}` would share the record file {label}.jsonl"
                 )));
             }
+        }
+        for (name, r) in &remote {
+            if name.is_empty() || file_safe(name).trim_matches('.').is_empty() {
+                return Err(RunError::Invalid(format!(
+                    "method name `{name}` cannot name a record file; choose another"
+                )));
+            }
+            r.prepare(name).map_err(RunError::Invalid)?;
         }
         let shard = cfg.shard()?;
         let mut tasks: Vec<PlannedTask> = Vec::new();
@@ -109,11 +130,37 @@ impl Plan {
                 w.join(", ")
             )));
         }
-        Ok(Self { tasks, methods })
+        Ok(Self {
+            tasks,
+            methods,
+            remote,
+        })
+    }
+
+    /// Methods of both kinds.
+    pub fn method_count(&self) -> usize {
+        self.methods.len() + self.remote.len()
     }
 
     pub fn total(&self) -> usize {
-        self.tasks.iter().map(|t| t.selected.len()).sum::<usize>() * self.methods.len()
+        self.tasks.iter().map(|t| t.selected.len()).sum::<usize>() * self.method_count()
+    }
+
+    /// The methods' names as records give them, local first.
+    pub fn method_names(&self) -> Vec<String> {
+        self.methods
+            .iter()
+            .map(Spec::canonical)
+            .chain(self.remote.iter().map(|(n, _)| n.clone()))
+            .collect()
+    }
+
+    /// The record file of method `j` (local first, then remote).
+    fn label(&self, j: usize) -> String {
+        match j.checked_sub(self.methods.len()) {
+            None => self.methods[j].label(),
+            Some(r) => file_safe(&self.remote[r].0),
+        }
     }
 }
 
@@ -317,9 +364,11 @@ fn shareable(spec: &Spec) -> bool {
     m.acts_after_prefill_only() && !n.accumulate && n.window <= MIN_LAST_CHUNK
 }
 
-/// Runs `plan` with `model`, writing records under `out`. Sample by sample: the baseline and
-/// every method that compresses only after the prompt share one prefill (each forks the
-/// cache and pays its own compression); the others run on their own.
+/// Runs `plan` with `model`, writing records under `out`. Task by task: the methods served
+/// elsewhere first, their requests in flight together (`concurrency` per server); then,
+/// sample by sample, the local ones: the baseline and every method that compresses only
+/// after the prompt share one prefill (each forks the cache and pays its own compression);
+/// the others run on their own.
 pub fn execute(
     plan: &Plan,
     cfg: &RunConfig,
@@ -332,7 +381,18 @@ pub fn execute(
     })?;
     let run_id = cfg.run_id();
     let context = model.config().context;
-    if model.template.is_none() {
+    if !plan.methods.is_empty() && !model.has_weights() {
+        return Err(RunError::Invalid(format!(
+            "{} was loaded without its weights; the local methods need them",
+            model.name
+        )));
+    }
+    let local_chat = plan
+        .remote
+        .iter()
+        .any(|(_, r)| r.endpoint == remote::Endpoint::Completions)
+        || !plan.methods.is_empty();
+    if model.template.is_none() && local_chat {
         let chat: Vec<&str> = plan
             .tasks
             .iter()
@@ -348,19 +408,22 @@ pub fn execute(
             )));
         }
     }
+    let clients: Vec<Client> = plan
+        .remote
+        .iter()
+        .map(|(n, r)| r.prepare(n).map_err(RunError::Invalid))
+        .collect::<Result<_>>()?;
     let tok = Tok(model);
     let mut outcome = Outcome::default();
     let loop_start = Instant::now();
-    let full = plan
-        .methods
-        .iter()
-        .position(|s| s.canonical() == "full")
-        .ok_or_else(|| RunError::Invalid("the plan has no `full` baseline".into()))?;
+    let names = plan.method_names();
+    let n_local = plan.methods.len();
+    let full = plan.methods.iter().position(|s| s.canonical() == "full");
     let share: Vec<bool> = plan
         .methods
         .iter()
         .enumerate()
-        .map(|(j, s)| cfg.share_prefill && j != full && shareable(s))
+        .map(|(j, s)| cfg.share_prefill && Some(j) != full && full.is_some() && shareable(s))
         .collect();
     let mut caches: Vec<KvCache> = plan
         .methods
@@ -375,12 +438,12 @@ pub fn execute(
     for pt in &plan.tasks {
         let mut row = Vec::new();
         let mut todo_task = 0;
-        for spec in &plan.methods {
+        for (j, name) in names.iter().enumerate() {
             let path = out
                 .join(file_safe(&pt.task.spec.name))
-                .join(format!("{}.jsonl", spec.label()));
+                .join(format!("{}.jsonl", plan.label(j)));
             let retry: HashSet<Key> = if cfg.retry_errors {
-                pt.selected.iter().map(|&i| key(pt, i, spec)).collect()
+                pt.selected.iter().map(|&i| key(pt, i, name)).collect()
             } else {
                 HashSet::new()
             };
@@ -388,7 +451,7 @@ pub fn execute(
             todo_task += pt
                 .selected
                 .iter()
-                .filter(|&&i| !f.is_done(&key(pt, i, spec)))
+                .filter(|&&i| !f.is_done(&key(pt, i, name)))
                 .count();
             row.push(f);
         }
@@ -409,20 +472,17 @@ pub fn execute(
             .max_prompt_tokens
             .unwrap_or_else(|| context.saturating_sub(max_new + 64));
         obs.task(&spec_t.name, todo);
-        for &i in &pt.selected {
-            let pending: Vec<usize> = (0..plan.methods.len())
-                .filter(|&j| !row[j].is_done(&key(pt, i, &plan.methods[j])))
-                .collect();
-            if pending.is_empty() {
-                continue;
-            }
+        let blank = |i: usize, j: usize| {
             let sample = &pt.task.samples[i];
-            let blank = |j: usize| Record {
+            Record {
                 run_id: run_id.clone(),
-                model: model.name.clone(),
+                model: match j.checked_sub(n_local) {
+                    None => model.name.clone(),
+                    Some(r) => plan.remote[r].1.model.clone(),
+                },
                 task: spec_t.name.clone(),
                 sample_id: sample.id.clone(),
-                method: plan.methods[j].canonical(),
+                method: names[j].clone(),
                 prompt_hash: String::new(),
                 prompt_tokens: 0,
                 truncated: false,
@@ -450,44 +510,124 @@ pub fn execute(
                 pass: None,
                 pass_rule: None,
                 meta: sample.meta.clone(),
+                served: None,
                 error: None,
-            };
-            let mut finish = |j: usize, mut r: Record, outcome: &mut Outcome| -> Result<()> {
-                r.rescore(None, cfg.pass_threshold);
-                row[j].append(&r)?;
-                if r.error.is_some() {
-                    outcome.failed += 1;
+            }
+        };
+        let finish = |row: &mut Vec<RecordFile>,
+                      obs: &mut dyn Observer,
+                      j: usize,
+                      mut r: Record,
+                      outcome: &mut Outcome|
+         -> Result<()> {
+            r.rescore(None, cfg.pass_threshold);
+            row[j].append(&r)?;
+            if r.error.is_some() {
+                outcome.failed += 1;
+            }
+            outcome.written += 1;
+            obs.record(&r);
+            Ok(())
+        };
+        let prepare = |i: usize| -> std::result::Result<(Prompt, Vec<u32>), String> {
+            if max_prompt == 0 {
+                return Err(format!(
+                    "the model's context of {context} tokens leaves no room for a prompt \
+                     before {max_new} new tokens"
+                ));
+            }
+            let p = spec_t
+                .prompt(&pt.task.samples[i], &tok, max_prompt)
+                .map_err(|e| e.to_string())?;
+            let ids = model
+                .encode_prompt(&p.text, p.chat)
+                .map_err(|e| e.to_string())?;
+            Ok((p, ids))
+        };
+        let seed_of = |i: usize| sample_seed(cfg.seed, &spec_t.name, &pt.task.samples[i].id);
+
+        // Methods served elsewhere: every pending request of this task, in flight together.
+        if !plan.remote.is_empty() {
+            let mut jobs = Vec::new();
+            for &i in &pt.selected {
+                let pending: Vec<usize> = (n_local..names.len())
+                    .filter(|&j| !row[j].is_done(&key(pt, i, &names[j])))
+                    .collect();
+                if pending.is_empty() {
+                    continue;
                 }
-                outcome.written += 1;
-                obs.record(&r);
-                Ok(())
-            };
-            let prepared = (if max_prompt == 0 {
-                Err(format!(
-                    "the model's context of {context} tokens leaves no room for a prompt before \
-                     {max_new} new tokens"
-                ))
-            } else {
-                Ok(())
-            })
-            .and_then(|_| {
-                spec_t
-                    .prompt(sample, &tok, max_prompt)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|p| {
-                let ids = model
-                    .encode_prompt(&p.text, p.chat)
-                    .map_err(|e| e.to_string())?;
-                Ok((p, ids))
-            });
-            let (p, ids) = match prepared {
+                match prepare(i) {
+                    Err(e) => {
+                        for j in pending {
+                            let mut r = blank(i, j);
+                            r.error = Some(format!("preparing the prompt: {e}"));
+                            finish(row, obs, j, r, &mut outcome)?;
+                        }
+                    }
+                    Ok((p, ids)) => {
+                        let p = std::sync::Arc::new((p, ids));
+                        for j in pending {
+                            jobs.push((i, j, p.clone()));
+                        }
+                    }
+                }
+            }
+            let requests: Vec<RemoteJob> = jobs
+                .into_iter()
+                .map(|(i, j, p)| {
+                    let c = &clients[j - n_local];
+                    let rendered = (p.0.chat && c.remote.endpoint == remote::Endpoint::Completions)
+                        .then(|| {
+                            model.template.as_ref().and_then(|t| {
+                                t.render(&[kvlens_engine::Message::user(p.0.text.clone())])
+                                    .ok()
+                            })
+                        })
+                        .flatten();
+                    RemoteJob {
+                        i,
+                        j,
+                        request: remote::Request {
+                            prompt: p.0.text.clone(),
+                            chat: p.0.chat,
+                            max_tokens: max_new,
+                            temperature: cfg.temperature,
+                            top_p: cfg.top_p,
+                            top_k: cfg.top_k,
+                            seed: seed_of(i),
+                            stop: spec_t.stop.clone(),
+                        },
+                        rendered,
+                        prepared: p,
+                    }
+                })
+                .collect();
+            let t = Instant::now();
+            let mut sink =
+                |job: RemoteJob, reply: std::result::Result<remote::Reply, String>| -> Result<()> {
+                    let mut r = blank(job.i, job.j);
+                    let c = &clients[job.j - n_local];
+                    fill_remote(&mut r, &job, reply, c, model);
+                    finish(row, obs, job.j, r, &mut outcome)
+                };
+            send_all(requests, &clients, n_local, cfg.concurrency, &mut sink)?;
+            outcome.engine_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+
+        for &i in &pt.selected {
+            let pending: Vec<usize> = (0..n_local)
+                .filter(|&j| !row[j].is_done(&key(pt, i, &names[j])))
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            let (p, ids) = match prepare(i) {
                 Ok(x) => x,
                 Err(e) => {
                     for &j in &pending {
-                        let mut r = blank(j);
+                        let mut r = blank(i, j);
                         r.error = Some(format!("preparing the prompt: {e}"));
-                        finish(j, r, &mut outcome)?;
+                        finish(row, obs, j, r, &mut outcome)?;
                     }
                     continue;
                 }
@@ -498,7 +638,7 @@ pub fn execute(
                     temperature: cfg.temperature,
                     top_k: cfg.top_k,
                     top_p: cfg.top_p,
-                    seed: sample_seed(cfg.seed, &spec_t.name, &sample.id),
+                    seed: seed_of(i),
                 },
                 stop: spec_t.stop.clone(),
                 ..GenOptions::default()
@@ -538,7 +678,7 @@ pub fn execute(
             // The shared prefill: the baseline's cache records what the forks need. Only
             // engine calls count as engine time; scoring and writing are the runner's.
             let forks: Vec<usize> = pending.iter().copied().filter(|&j| share[j]).collect();
-            if !forks.is_empty() {
+            if let (Some(full), false) = (full, forks.is_empty()) {
                 let record = forks
                     .iter()
                     .map(|&j| caches[j].needs())
@@ -547,7 +687,7 @@ pub fn execute(
                 base.record(record);
                 let pre = engine(&mut outcome, || prefill(model, base, &ids, &opts));
                 for &j in &forks {
-                    let mut r = blank(j);
+                    let mut r = blank(i, j);
                     r.prefill_shared = true;
                     let g = match &pre {
                         Err(e) => Err(EngineError::Invalid(e.to_string())),
@@ -568,35 +708,191 @@ pub fn execute(
                         }),
                     };
                     fill(&mut r, g);
-                    finish(j, r, &mut outcome)?;
+                    finish(row, obs, j, r, &mut outcome)?;
                 }
                 if pending.contains(&full) {
-                    let mut r = blank(full);
+                    let mut r = blank(i, full);
                     r.prefill_shared = true;
                     let g = match &pre {
                         Ok(pre) => engine(&mut outcome, || decode(model, base, &ids, pre, &opts)),
                         Err(e) => Err(EngineError::Invalid(e.to_string())),
                     };
                     fill(&mut r, g);
-                    finish(full, r, &mut outcome)?;
+                    finish(row, obs, full, r, &mut outcome)?;
                 }
                 base.record(Needs::default());
             }
             for &j in pending.iter().filter(|&&j| !share[j]) {
-                if j == full && !forks.is_empty() {
+                if Some(j) == full && !forks.is_empty() {
                     continue;
                 }
-                let mut r = blank(j);
+                let mut r = blank(i, j);
                 let cache = &mut caches[j];
                 let g = engine(&mut outcome, || generate(model, cache, &ids, &opts));
                 fill(&mut r, g);
-                finish(j, r, &mut outcome)?;
+                finish(row, obs, j, r, &mut outcome)?;
             }
         }
         obs.end_task();
     }
     outcome.loop_ms = loop_start.elapsed().as_secs_f64() * 1e3;
     Ok(outcome)
+}
+
+/// One request for a method served elsewhere.
+struct RemoteJob {
+    /// Sample index in the task.
+    i: usize,
+    /// Method index (local methods first).
+    j: usize,
+    request: remote::Request,
+    rendered: Option<String>,
+    prepared: std::sync::Arc<(Prompt, Vec<u32>)>,
+}
+
+/// Sends `jobs`, at most `concurrency` in flight per server (a method's own `concurrency`
+/// overrides it), handing each reply to `sink` on this thread, in the order they arrive.
+fn send_all(
+    jobs: Vec<RemoteJob>,
+    clients: &[Client],
+    n_local: usize,
+    concurrency: usize,
+    sink: &mut dyn FnMut(RemoteJob, std::result::Result<remote::Reply, String>) -> Result<()>,
+) -> Result<()> {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let mut queues: BTreeMap<String, (usize, VecDeque<RemoteJob>)> = BTreeMap::new();
+    for job in jobs {
+        let c = &clients[job.j - n_local];
+        let q = queues.entry(c.remote.server_label()).or_insert_with(|| {
+            (
+                c.remote.concurrency.unwrap_or(concurrency).max(1),
+                VecDeque::new(),
+            )
+        });
+        q.0 = q.0.min(c.remote.concurrency.unwrap_or(q.0).max(1));
+        q.1.push_back(job);
+    }
+    let stop = AtomicBool::new(false);
+    let queues: Vec<(usize, Mutex<VecDeque<RemoteJob>>)> = queues
+        .into_values()
+        .map(|(n, q)| (n, Mutex::new(q)))
+        .collect();
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (n, q) in &queues {
+            let workers = (*n).min(q.lock().map(|q| q.len()).unwrap_or(0));
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let stop = &stop;
+                s.spawn(move || loop {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Some(job) = q.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        break;
+                    };
+                    let c = &clients[job.j - n_local];
+                    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        c.complete(&job.request, job.rendered.as_deref())
+                    }))
+                    .unwrap_or_else(|_| Err("the request panicked".into()));
+                    if tx.send((job, reply)).is_err() {
+                        break;
+                    }
+                });
+            }
+        }
+        drop(tx);
+        for (job, reply) in rx {
+            if let Err(e) = sink(job, reply) {
+                stop.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A remote reply as a record: the text and the times measured here; token counts and cache
+/// bytes where the server gave them (else counted with the run's tokenizer, or absent).
+fn fill_remote(
+    r: &mut Record,
+    job: &RemoteJob,
+    reply: std::result::Result<remote::Reply, String>,
+    c: &Client,
+    model: &Model,
+) {
+    let (p, ids) = &*job.prepared;
+    r.prompt_hash = prompt_hash(&p.text);
+    r.prompt_tokens = ids.len();
+    r.truncated = p.truncated;
+    let reply = match reply {
+        Ok(x) => x,
+        Err(e) => {
+            r.error = Some(e);
+            return;
+        }
+    };
+    let counted = reply.completion_tokens.is_none();
+    r.output_tokens = match reply.completion_tokens {
+        Some(n) => n,
+        None => model
+            .tokenizer
+            .encode_text(&reply.text)
+            .map(|v| v.len())
+            .unwrap_or(0),
+    };
+    if let Some(n) = reply.prompt_tokens {
+        r.prompt_tokens = n;
+    }
+    r.output_text = reply.text;
+    r.finish_reason = Some(reply.finish_reason);
+    r.ttft_ms = reply.ttft_ms;
+    r.e2e_ms = reply.e2e_ms;
+    r.prefill_ms = reply.server_prefill_ms.unwrap_or(reply.ttft_ms);
+    r.decode_ms = (reply.e2e_ms - reply.ttft_ms).max(0.0);
+    r.decode_ms_p50 = remote::quantile(&reply.gaps_ms, 0.5);
+    r.decode_ms_p90 = remote::quantile(&reply.gaps_ms, 0.9);
+    r.decode_ms_max = reply.gaps_ms.iter().copied().fold(0.0, f64::max);
+    let kv = reply.kvlens.as_ref();
+    let num = |k: &str| {
+        kv.and_then(|m| m.get(k))
+            .and_then(serde_json::Value::as_f64)
+    };
+    match (num("kv_bytes_peak"), num("kv_bytes_full")) {
+        (Some(peak), Some(full)) => {
+            r.kv_bytes_peak = peak as u64;
+            r.kv_bytes_full = full as u64;
+            r.kv_bytes_end = num("kv_bytes_end").unwrap_or(0.0) as u64;
+            r.kv_tokens_kept = num("kv_tokens_kept").unwrap_or(0.0);
+        }
+        _ => {
+            let absent = [
+                "kv_bytes_peak",
+                "kv_bytes_end",
+                "kv_bytes_full",
+                "kv_tokens_kept",
+            ];
+            r.meta.insert(
+                "absent".into(),
+                serde_json::Value::from(absent.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            );
+        }
+    }
+    r.served = Some(Served {
+        backend: c.remote.backend.clone(),
+        server: c.remote.server_label(),
+        output_tokens_from: if counted { "tokenizer" } else { "usage" }.into(),
+        prefill_from: if reply.server_prefill_ms.is_some() {
+            "server"
+        } else {
+            "ttft"
+        }
+        .into(),
+        attempts: reply.attempts,
+    });
 }
 
 /// Runs one engine call, adding its time to the engine's; a panic inside it becomes an error
@@ -618,11 +914,11 @@ fn engine<T>(
     r
 }
 
-fn key(pt: &PlannedTask, i: usize, spec: &Spec) -> Key {
+fn key(pt: &PlannedTask, i: usize, method: &str) -> Key {
     Key {
         task: pt.task.spec.name.clone(),
         sample_id: pt.task.samples[i].id.clone(),
-        method: spec.canonical(),
+        method: method.to_string(),
     }
 }
 

@@ -29,6 +29,7 @@ fn rec(task: &str, id: &str, method: &str) -> Record {
         decode_ms_p90: 10.0,
         decode_ms_max: 10.0,
         prefill_shared: false,
+        served: None,
         kv_bytes_peak: 1000,
         kv_bytes_end: 1000,
         kv_bytes_full: 1000,

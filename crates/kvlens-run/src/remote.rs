@@ -1,0 +1,570 @@
+//! The `openai` backend: a method whose samples are sent to an OpenAI-compatible server
+//! (vLLM, SGLang, LMDeploy, llama.cpp's server, `kvlens serve`) and timed from its stream.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::time::{Duration, Instant};
+
+/// Which API a method's requests go to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// `/chat/completions` for tasks that use the chat template, `/completions` for the rest.
+    #[default]
+    Auto,
+    Chat,
+    Completions,
+}
+
+/// A method served elsewhere: `[methods.NAME] backend = "openai"` in a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// `openai`.
+    pub backend: String,
+    /// The API root, e.g. `http://localhost:8000/v1`.
+    pub base_url: String,
+    /// The model name the server knows; records carry it as their `model`.
+    pub model: String,
+    /// The environment variable holding the API key (sent as a bearer token). The key never
+    /// appears in records, logs or errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// Requests in flight to this server (default: the run's `concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Seconds one attempt may take, stream included.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Attempts after the first on 408, 429, 5xx, connection errors and cut streams.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The first wait before a retry; it doubles each time (at most 60 s), or follows the
+    /// server's `Retry-After`.
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+    /// Extra fields merged into every request body (e.g. vLLM's `ignore_eos`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra_body: Map<String, Value>,
+}
+
+fn default_timeout() -> f64 {
+    600.0
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff() -> u64 {
+    1000
+}
+
+impl Remote {
+    /// Checks the fields and reads the key from the environment.
+    pub fn prepare(&self, name: &str) -> Result<Client, String> {
+        if self.backend != "openai" {
+            return Err(format!(
+                "method `{name}`: backend `{}` is not known; expected `local` or `openai`",
+                self.backend
+            ));
+        }
+        let url = self.base_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "method `{name}`: base_url `{}` must start with http:// or https://",
+                self.base_url
+            ));
+        }
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
+            return Err(format!("method `{name}`: timeout_s must be positive"));
+        }
+        if self.concurrency == Some(0) {
+            return Err(format!("method `{name}`: concurrency must be at least 1"));
+        }
+        let key = match &self.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => {
+                    return Err(format!(
+                        "method `{name}`: the environment variable {var} (its api_key_env) is \
+                         not set"
+                    ))
+                }
+            },
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs_f64(self.timeout_s.min(30.0)))
+            .timeout(Duration::from_secs_f64(self.timeout_s))
+            .build();
+        Ok(Client {
+            remote: self.clone(),
+            url: url.to_string(),
+            key,
+            agent,
+        })
+    }
+
+    /// The server as records name it: the URL without credentials or query.
+    pub fn server_label(&self) -> String {
+        let url = self.base_url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        format!("{scheme}://{rest}")
+    }
+}
+
+/// One sample's request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    /// The task wraps its prompt in the chat template.
+    pub chat: bool,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+/// What the server answered, timed at this end.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub text: String,
+    /// `eos`, `stop` or `length`.
+    pub finish_reason: String,
+    pub prompt_tokens: Option<usize>,
+    pub completion_tokens: Option<usize>,
+    /// From sending the request to the first piece of text (the whole time when none came).
+    pub ttft_ms: f64,
+    pub e2e_ms: f64,
+    /// Gaps between pieces of text after the first.
+    pub gaps_ms: Vec<f64>,
+    /// The prompt time the server reports (`kvlens.prefill_ms`, or llama.cpp's
+    /// `timings.prompt_ms`).
+    pub server_prefill_ms: Option<f64>,
+    /// `kvlens serve`'s own measurements (cache bytes, method).
+    pub kvlens: Option<Map<String, Value>>,
+    pub attempts: u32,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub msg: String,
+    pub retry: bool,
+    pub retry_after: Option<Duration>,
+}
+
+fn fail(msg: impl Into<String>, retry: bool) -> Failure {
+    Failure {
+        msg: msg.into(),
+        retry,
+        retry_after: None,
+    }
+}
+
+/// A method's connection settings, ready to send.
+pub struct Client {
+    pub remote: Remote,
+    url: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn endpoint(&self, chat: bool) -> Endpoint {
+        match self.remote.endpoint {
+            Endpoint::Auto if chat => Endpoint::Chat,
+            Endpoint::Auto => Endpoint::Completions,
+            e => e,
+        }
+    }
+
+    /// The request body (without the key, which travels in a header).
+    pub fn body(&self, req: &Request, rendered: Option<&str>) -> Value {
+        let ep = self.endpoint(req.chat);
+        let mut body = json!({
+            "model": self.remote.model,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "seed": req.seed,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let o = body.as_object_mut().expect("a JSON object");
+        if req.top_k > 0 {
+            o.insert("top_k".into(), json!(req.top_k));
+        }
+        if !req.stop.is_empty() {
+            o.insert("stop".into(), json!(req.stop));
+        }
+        match ep {
+            Endpoint::Chat => {
+                o.insert(
+                    "messages".into(),
+                    json!([{"role": "user", "content": req.prompt}]),
+                );
+            }
+            _ => {
+                o.insert("prompt".into(), json!(rendered.unwrap_or(&req.prompt)));
+            }
+        }
+        for (k, v) in &self.remote.extra_body {
+            o.insert(k.clone(), v.clone());
+        }
+        body
+    }
+
+    /// Sends `req`, retrying what may pass on a second try; the error of the last attempt
+    /// otherwise. `rendered` is the chat prompt rendered here, for a chat task sent to
+    /// `/completions`.
+    pub fn complete(&self, req: &Request, rendered: Option<&str>) -> Result<Reply, String> {
+        let body = self.body(req, rendered).to_string();
+        let mut wait = Duration::from_millis(self.remote.backoff_ms);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(req.chat, &body) {
+                Ok(mut r) => {
+                    r.attempts = attempt;
+                    return Ok(r);
+                }
+                Err(f) => {
+                    if !f.retry || attempt > self.remote.retries {
+                        let tries = if attempt > 1 {
+                            format!(" (after {attempt} attempts)")
+                        } else {
+                            String::new()
+                        };
+                        return Err(self.redact(&format!("{}{tries}", f.msg)));
+                    }
+                    tracing::debug!("{}: attempt {attempt}: {}", self.url, self.redact(&f.msg));
+                    std::thread::sleep(f.retry_after.unwrap_or(wait).min(Duration::from_secs(60)));
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// The key never leaves this process in a message, whatever a server echoes.
+    fn redact(&self, s: &str) -> String {
+        match &self.key {
+            Some(k) if k.len() >= 4 => s.replace(k.as_str(), "[api key]"),
+            _ => s.to_string(),
+        }
+    }
+
+    fn attempt(&self, chat: bool, body: &str) -> Result<Reply, Failure> {
+        let path = match self.endpoint(chat) {
+            Endpoint::Chat => "chat/completions",
+            _ => "completions",
+        };
+        let url = format!("{}/{path}", self.url);
+        let mut call = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .set("Accept", "text/event-stream");
+        if let Some(k) = &self.key {
+            call = call.set("Authorization", &format!("Bearer {k}"));
+        }
+        let start = Instant::now();
+        let resp = match call.send_string(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let retry_after = r
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64);
+                let mut text = String::new();
+                let _ = r.into_reader().take(2000).read_to_string(&mut text);
+                let detail = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/error/message")
+                            .or_else(|| v.get("message"))
+                            .or_else(|| v.get("detail"))
+                            .and_then(Value::as_str)
+                            .map(String::from)
+                    })
+                    .unwrap_or_else(|| text.trim().chars().take(300).collect());
+                return Err(Failure {
+                    msg: format!("{url} answered HTTP {code}: {detail}"),
+                    retry: code == 408 || code == 429 || code >= 500,
+                    retry_after,
+                });
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let msg = if t.to_string().contains("timed out") {
+                    format!(
+                        "no complete answer within timeout_s = {} s",
+                        self.remote.timeout_s
+                    )
+                } else {
+                    t.to_string()
+                };
+                let msg = if msg.contains(&url) {
+                    msg
+                } else {
+                    format!("{url}: {msg}")
+                };
+                return Err(fail(msg, true));
+            }
+        };
+        let streamed = resp.content_type().contains("event-stream");
+        let mut reader = BufReader::new(resp.into_reader());
+        if streamed {
+            read_stream(&mut reader, start, &url)
+        } else {
+            // A server that ignores `stream`: one JSON body.
+            let mut text = String::new();
+            reader
+                .read_to_string(&mut text)
+                .map_err(|e| fail(format!("{url}: reading the response: {e}"), true))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| {
+                fail(
+                    format!(
+                        "{url}: the response is not valid JSON ({e}): {}",
+                        clip(&text)
+                    ),
+                    false,
+                )
+            })?;
+            let mut st = Stream::default();
+            st.event(&v, start, &url)?;
+            st.finish(start, &url)
+        }
+    }
+}
+
+fn clip(s: &str) -> String {
+    let t: String = s.chars().take(200).collect();
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+#[derive(Default)]
+struct Stream {
+    reply: Reply,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    finish: Option<String>,
+    stop_reason: Option<Value>,
+    events: usize,
+}
+
+impl Stream {
+    fn event(&mut self, v: &Value, start: Instant, url: &str) -> Result<(), Failure> {
+        self.events += 1;
+        if let Some(e) = v.get("error") {
+            let msg = e
+                .get("message")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .unwrap_or_else(|| e.to_string());
+            return Err(fail(
+                format!("{url}: the server reported an error: {msg}"),
+                false,
+            ));
+        }
+        if let Some(choice) = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+        {
+            let piece = choice
+                .pointer("/delta/content")
+                .or_else(|| choice.pointer("/message/content"))
+                .or_else(|| choice.get("text"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !piece.is_empty() {
+                let now = Instant::now();
+                match self.last {
+                    None => {
+                        self.first = Some(now);
+                        self.reply.ttft_ms = ms(start, now);
+                    }
+                    Some(prev) => self.reply.gaps_ms.push(ms(prev, now)),
+                }
+                self.last = Some(now);
+                self.reply.text.push_str(piece);
+            }
+            if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.finish = Some(f.to_string());
+                self.stop_reason = choice.get("stop_reason").cloned();
+            }
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            let n = |k: &str| u.get(k).and_then(Value::as_u64).map(|x| x as usize);
+            self.reply.prompt_tokens = n("prompt_tokens").or(self.reply.prompt_tokens);
+            self.reply.completion_tokens = n("completion_tokens").or(self.reply.completion_tokens);
+        }
+        if let Some(t) = v.pointer("/timings/prompt_ms").and_then(Value::as_f64) {
+            self.reply.server_prefill_ms = Some(t);
+        }
+        if let Some(k) = v.get("kvlens").and_then(Value::as_object) {
+            if let Some(p) = k.get("prefill_ms").and_then(Value::as_f64) {
+                self.reply.server_prefill_ms = Some(p);
+            }
+            self.reply.kvlens = Some(k.clone());
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, start: Instant, url: &str) -> Result<Reply, Failure> {
+        let Some(f) = self.finish else {
+            return Err(fail(
+                format!(
+                    "{url}: the stream ended before the answer was complete (no finish_reason \
+                     after {} events, {} characters of text)",
+                    self.events,
+                    self.reply.text.chars().count()
+                ),
+                true,
+            ));
+        };
+        self.reply.finish_reason = match f.as_str() {
+            "length" => "length".into(),
+            // OpenAI says `stop` for both; vLLM and kvlens name the stop string in
+            // `stop_reason` when one ended the answer.
+            "stop" if matches!(self.stop_reason, Some(Value::String(_))) => "stop".into(),
+            "stop" | "eos" => "eos".into(),
+            other => other.to_string(),
+        };
+        self.reply.e2e_ms = ms(start, Instant::now());
+        if self.first.is_none() {
+            self.reply.ttft_ms = self.reply.e2e_ms;
+        }
+        Ok(self.reply)
+    }
+}
+
+fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<Reply, Failure> {
+    let mut st = Stream::default();
+    let mut line = String::new();
+    let mut data = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::TimedOut
+                || e.to_string().contains("timed out")
+            {
+                "timed out (timeout_s)".to_string()
+            } else {
+                e.to_string()
+            };
+            fail(
+                format!("{url}: the stream broke after {} events: {why}", st.events),
+                true,
+            )
+        })?;
+        let l = line.trim_end_matches(['\r', '\n']);
+        if n == 0 || l.is_empty() {
+            // An event ends at a blank line (or at the end of the body).
+            if !data.is_empty() {
+                if data.trim() == "[DONE]" {
+                    return st.finish(start, url);
+                }
+                let v: Value = serde_json::from_str(&data).map_err(|e| {
+                    fail(
+                        format!(
+                            "{url}: stream event {} is not valid JSON ({e}): {}",
+                            st.events + 1,
+                            clip(&data)
+                        ),
+                        false,
+                    )
+                })?;
+                st.event(&v, start, url)?;
+                data.clear();
+            }
+            if n == 0 {
+                return st.finish(start, url);
+            }
+            continue;
+        }
+        if let Some(d) = l.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+        // `event:`, `id:`, `retry:` and `:` comments carry nothing kvlens uses.
+    }
+}
+
+fn ms(a: Instant, b: Instant) -> f64 {
+    b.duration_since(a).as_secs_f64() * 1e3
+}
+
+/// The p-quantile of `xs` as the engine reports its decode steps (nearest rank).
+pub fn quantile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_and_ignore_comments() {
+        let text = ": keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+                    data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\n\
+                    data: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\",\"stop_reason\":\"\\n\"}]}\n\n\
+                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\n\
+                    data: [DONE]\n\n";
+        let r = read_stream(&mut text.as_bytes(), Instant::now(), "u").unwrap();
+        assert_eq!(r.text, "Hello");
+        assert_eq!(r.finish_reason, "stop");
+        assert_eq!(r.prompt_tokens, Some(7));
+        assert_eq!(r.completion_tokens, Some(2));
+        assert_eq!(r.gaps_ms.len(), 1);
+    }
+
+    #[test]
+    fn a_cut_stream_and_bad_json_are_failures() {
+        let cut = "data: {\"choices\":[{\"text\":\"abc\"}]}\n\n";
+        let e = read_stream(&mut cut.as_bytes(), Instant::now(), "u").unwrap_err();
+        assert!(e.retry && e.msg.contains("ended before"), "{}", e.msg);
+        let bad = "data: {\"choices\":[{\"text\":\"abc\"}]}\n\ndata: {oops\n\n";
+        let e = read_stream(&mut bad.as_bytes(), Instant::now(), "u").unwrap_err();
+        assert!(
+            !e.retry && e.msg.contains("event 2 is not valid JSON"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn server_labels_drop_credentials() {
+        let r = Remote {
+            backend: "openai".into(),
+            base_url: "https://user:secret@host:8000/v1?token=x".into(),
+            model: "m".into(),
+            api_key_env: None,
+            endpoint: Endpoint::Auto,
+            concurrency: None,
+            timeout_s: 1.0,
+            retries: 0,
+            backoff_ms: 0,
+            extra_body: Map::new(),
+        };
+        assert_eq!(r.server_label(), "https://host:8000/v1");
+    }
+}
