@@ -41,6 +41,7 @@ pub fn inspect(
     sample: &str,
     methods: &[String],
     baseline: &str,
+    source: Option<&kvlens_tasks::Sample>,
 ) -> Result<String> {
     let mut rs: Vec<&Record> = records
         .iter()
@@ -69,11 +70,18 @@ pub fn inspect(
     let _ = writeln!(s, "task {task} · sample {sample} · model {}", first.model);
     let _ = writeln!(
         s,
-        "prompt: {} tokens{} (hash {}); the question is not stored in records",
+        "prompt: {} tokens{} (hash {})",
         first.prompt_tokens,
         if first.truncated { ", truncated" } else { "" },
         first.prompt_hash
     );
+    match source {
+        Some(sample) => s.push_str(&sample_fields(sample)),
+        None => s.push_str(
+            "(the question is not in the records, and the task's data was not found: run from \
+             the folder the run was made in, or set KVLENS_DATASETS)\n",
+        ),
+    }
     if !first.meta.is_empty() {
         let _ = writeln!(s, "meta: {}", serde_json::Value::Object(first.meta.clone()));
     }
@@ -116,4 +124,26 @@ pub fn inspect(
         let _ = writeln!(s, "{}", r.output_text);
     }
     Ok(s)
+}
+
+/// The sample's template fields, short ones whole, long ones (contexts) by their ends.
+pub fn sample_fields(sample: &kvlens_tasks::Sample) -> String {
+    let mut fields: Vec<(&String, String)> = sample
+        .fields
+        .iter()
+        .map(|(k, v)| (k, kvlens_tasks::sample::py_str(v)))
+        .collect();
+    fields.sort_by_key(|(k, v)| (v.chars().count(), (*k).clone()));
+    let mut s = String::new();
+    for (k, v) in fields {
+        let n = v.chars().count();
+        if n <= 400 {
+            let _ = writeln!(s, "{k}: {v}");
+        } else {
+            let head: String = v.chars().take(160).collect();
+            let tail: String = v.chars().skip(n - 160).collect();
+            let _ = writeln!(s, "{k}: {n} characters: {head} […] {tail}");
+        }
+    }
+    s
 }

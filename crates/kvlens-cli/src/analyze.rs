@@ -161,11 +161,38 @@ pub struct InspectArgs {
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let records = kvlens_analyze::load::load_records(&a.results)?;
+    let source = find_sample(&a.results, &a.task, &a.sample);
     print!(
         "{}",
-        inspect::inspect(&records, &a.task, &a.sample, &a.methods, &a.baseline)?
+        inspect::inspect(
+            &records,
+            &a.task,
+            &a.sample,
+            &a.methods,
+            &a.baseline,
+            source.as_ref()
+        )?
     );
     Ok(())
+}
+
+/// The sample as its task gives it, for the question: through the task list in the run
+/// folders' `run.toml` (custom task files, `NAME=FILE`), else the task's built-in name.
+fn find_sample(results: &[PathBuf], task: &str, id: &str) -> Option<kvlens_tasks::Sample> {
+    let dirs = kvlens_tasks::DataDirs::discover();
+    let mut specs: Vec<String> = results
+        .iter()
+        .filter_map(|d| kvlens_run::RunConfig::from_file(&d.join("run.toml")).ok())
+        .flat_map(|c| c.tasks)
+        .collect();
+    specs.push(task.to_string());
+    specs.into_iter().find_map(|spec| {
+        let t = kvlens_tasks::registry::load(&spec, &dirs).ok()?;
+        if t.spec.name != task {
+            return None;
+        }
+        t.samples.into_iter().find(|s| s.id == id)
+    })
 }
 
 #[derive(Subcommand)]

@@ -240,6 +240,23 @@ fn a_run_through_kvlens_serve_equals_the_same_run_done_locally() {
         .count();
     assert!(stop > 0, "no raw answer ended at the stop string");
 
+    // Inspect finds the question through the run's own task list.
+    let shown = ok(cmd(&[
+        "inspect",
+        remote_out.to_str().unwrap(),
+        "--task",
+        "chatqa",
+        "--sample",
+        "owl",
+    ])
+    .output()
+    .unwrap());
+    assert!(shown.contains("input: When does an owl hunt?"), "{shown}");
+    assert!(
+        shown.contains("── full ──") && shown.contains("── stream32 ──"),
+        "{shown}"
+    );
+
     // The analysis of the remote folder runs with the remote baseline.
     let a = ok(cmd(&["analyze", remote_out.to_str().unwrap(), "--json"])
         .output()
