@@ -1,5 +1,6 @@
 //! Plots with plotters, each as PNG and SVG: output-length difference histograms per method,
-//! negatives vs threshold, score vs KV memory per task, stacked latency attribution.
+//! negatives vs threshold, score vs KV memory per task, stacked latency attribution, and
+//! heat maps of negatives by needle depth (or hops) × context length for generated tasks.
 //!
 //! Text is drawn with a TrueType font read at run time from the system's fonts (DejaVu Sans
 //! or Liberation Sans; `KVLENS_FONT` names another file): no font file is shipped. Without
@@ -448,6 +449,164 @@ fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> P
     root.present().map_err(err)
 }
 
+/// One heat map: a task under a method, failures by two generator parameters.
+struct HeatPanel {
+    task: String,
+    title: String,
+    x_name: &'static str,
+    xs: Vec<f64>,
+    /// Context lengths; `None` when the samples do not say.
+    ys: Vec<Option<f64>>,
+    /// (x index, y index, negatives, samples).
+    cells: Vec<(usize, usize, usize, usize)>,
+}
+
+/// Panels for every (task, method) whose samples carry a needle depth or hops: depth (or hops)
+/// across, context length up.
+fn heat_panels(a: &Analysis, short: &HashMap<String, String>) -> Vec<HeatPanel> {
+    let mut groups: BTreeMap<(String, usize), Vec<&crate::analysis::MetaCell>> = BTreeMap::new();
+    for c in &a.by_meta {
+        if c.depth.is_none() && c.hops.is_none() {
+            continue;
+        }
+        let order = a.methods.iter().position(|m| *m == c.method).unwrap_or(0);
+        groups.entry((c.task.clone(), order)).or_default().push(c);
+    }
+    let mut out = Vec::new();
+    for ((task, _), cells) in groups {
+        // Hops when the generator has them (vt), else the needle depth.
+        let depth = !cells.iter().any(|c| c.hops.is_some());
+        let x_of = |c: &crate::analysis::MetaCell| if depth { c.depth } else { c.hops };
+        let mut xs: Vec<f64> = cells.iter().filter_map(|c| x_of(c)).collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        let mut ys: Vec<Option<f64>> = cells.iter().map(|c| c.length).collect();
+        ys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        ys.dedup();
+        let mut grid: BTreeMap<(usize, usize), (usize, usize)> = BTreeMap::new();
+        for c in &cells {
+            let Some(x) = x_of(c) else { continue };
+            let xi = xs.iter().position(|v| *v == x).unwrap_or(0);
+            let yi = ys.iter().position(|v| *v == c.length).unwrap_or(0);
+            let e = grid.entry((xi, yi)).or_default();
+            e.0 += c.negatives;
+            e.1 += c.n;
+        }
+        let method = &cells[0].method;
+        out.push(HeatPanel {
+            task: task.clone(),
+            title: format!("{task} · {}", short.get(method).unwrap_or(method)),
+            x_name: if depth { "needle depth" } else { "hops" },
+            xs,
+            ys,
+            cells: grid
+                .into_iter()
+                .map(|((x, y), (neg, n))| (x, y, neg, n))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// White at 0, deep red at 1.
+fn heat_color(share: f64) -> RGBColor {
+    let s = share.clamp(0.0, 1.0);
+    let fade = |full: f64| (255.0 - (255.0 - full) * s) as u8;
+    RGBColor(fade(190.0), fade(20.0), fade(30.0))
+}
+
+fn draw_heat<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    (panels, delta): (&[&HeatPanel], f64),
+) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            &format!(
+                "{}: negative samples (δ = {delta} %) / samples, by {} × context length",
+                panels.first().map_or("", |p| p.task.as_str()),
+                panels.first().map_or("needle depth", |p| p.x_name)
+            ),
+            ("sans-serif", 20),
+        )
+        .map_err(err)?;
+    let (rows, cols) = grid(panels.len());
+    let areas = root.split_evenly((rows, cols));
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        let (nx, ny) = (p.xs.len().max(1), p.ys.len().max(1));
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 14))
+            .margin(6)
+            .x_label_area_size(34)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.0..nx as f64, 0.0..ny as f64)
+            .map_err(err)?;
+        let label = |v: f64| {
+            if v.fract() == 0.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        let xs = &p.xs;
+        let ys = &p.ys;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(nx * 2 + 1)
+            .y_labels(ny * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.01 {
+                    xs.get(i).map(|v| label(*v)).unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| {
+                let i = y.floor() as usize;
+                if (y - i as f64 - 0.5).abs() < 0.01 {
+                    match ys.get(i) {
+                        Some(Some(v)) => label(*v),
+                        Some(None) => "?".into(),
+                        None => String::new(),
+                    }
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc(p.x_name)
+            .y_desc("context tokens")
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(p.cells.iter().map(|&(x, y, neg, n)| {
+                let share = if n > 0 { neg as f64 / n as f64 } else { 0.0 };
+                Rectangle::new(
+                    [(x as f64, y as f64), (x as f64 + 1.0, y as f64 + 1.0)],
+                    heat_color(share).filled(),
+                )
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(p.cells.iter().map(|&(x, y, neg, n)| {
+                let dark = n > 0 && 2 * neg > n;
+                let style =
+                    ("sans-serif", 12)
+                        .into_font()
+                        .color(if dark { &WHITE } else { &BLACK });
+                Text::new(
+                    format!("{neg}/{n}"),
+                    (x as f64 + 0.38, y as f64 + 0.55),
+                    style,
+                )
+            }))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
 macro_rules! both {
     ($dir:expr, $stem:expr, $size:expr, $f:ident, $d:expr, $out:expr) => {{
         let png = $dir.join(format!("{}.png", $stem));
@@ -487,6 +646,17 @@ pub fn draw_all(
     if !d.latency.is_empty() {
         let size = ((140 * d.latency.len() as u32).max(600) + 120, 600);
         both!(dir, "latency", size, draw_latency, &d, out);
+    }
+    // One heat-map file per task, a panel per method.
+    let panels = heat_panels(a, &d.short);
+    let mut tasks: Vec<&str> = panels.iter().map(|p| p.task.as_str()).collect();
+    tasks.dedup();
+    for task in tasks {
+        let mine: Vec<&HeatPanel> = panels.iter().filter(|p| p.task == task).collect();
+        let (r, c) = grid(mine.len());
+        let size = (300 * c as u32 + 40, 240 * r as u32 + 60);
+        let stem = format!("by_meta_{}", kvlens_run::runner::file_safe(task));
+        both!(dir, stem, size, draw_heat, (mine.as_slice(), a.delta), out);
     }
     Ok(out)
 }

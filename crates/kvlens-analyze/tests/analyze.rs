@@ -305,3 +305,28 @@ fn the_fast_reader_agrees_with_the_record_type_and_skips_torn_lines() {
         .to_string();
     assert!(e.contains("full.jsonl line 6"), "{e}");
 }
+
+#[test]
+fn heat_maps_of_failures_by_meta_are_drawn_per_task_with_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    median_zero_run(dir.path());
+    let samples = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    let a = analyze(&samples, &opts(Rule::Paper, &[10.0])).unwrap();
+    let files = kvlens_analyze::plots::draw_all(&a, &samples, &dir.path().join("plots")).unwrap();
+    let svg = files
+        .iter()
+        .find(|p| p.ends_with("by_meta_qa.svg"))
+        .expect("a heat map for task qa");
+    assert!(files.iter().any(|p| p.ends_with("by_meta_qa.png")));
+    let text = std::fs::read_to_string(svg).unwrap();
+    // Every method's cell (depth 0.5, 1000 tokens) is labelled negatives/samples.
+    for m in a.methods.iter().filter(|m| **m != a.baseline) {
+        let (neg, n) = a
+            .by_meta
+            .iter()
+            .filter(|c| &c.method == m && c.task == "qa")
+            .fold((0, 0), |(x, y), c| (x + c.negatives, y + c.n));
+        assert!(n > 0, "{m}");
+        assert!(text.contains(&format!(">\n{neg}/{n}\n<")), "{m}: {neg}/{n}");
+    }
+}

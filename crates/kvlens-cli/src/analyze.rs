@@ -69,13 +69,22 @@ pub fn analyze(a: AnalyzeArgs) -> Result<()> {
             .map_or("run".into(), |n| n.to_string_lossy().to_string());
         PathBuf::from("analysis").join(name)
     });
-    output::write_tables(&an, &out)
-        .with_context(|| format!("writing tables to {}", out.display()))?;
-    let plots = if a.no_plots {
-        Ok(Vec::new())
-    } else {
-        plots::draw_all(&an, &samples, &out.join("plots"))
-    };
+    // Tables and plots are independent: drawn beside the table writers.
+    let (tables, plots) = std::thread::scope(|s| {
+        let plots = s.spawn(|| {
+            if a.no_plots {
+                Ok(Vec::new())
+            } else {
+                plots::draw_all(&an, &samples, &out.join("plots"))
+            }
+        });
+        let tables = output::write_tables(&an, &out);
+        let plots = plots
+            .join()
+            .unwrap_or_else(|_| Err("drawing the plots panicked".to_string()));
+        (tables, plots)
+    });
+    tables.with_context(|| format!("writing tables to {}", out.display()))?;
     let t_all = t0.elapsed();
     if a.json {
         println!("{}", serde_json::to_string(&output::json(&an))?);
