@@ -56,6 +56,88 @@ pub fn attend_head(
     }
 }
 
+/// One decode step of the `nq` query heads that share a key/value head holding packed rows:
+/// each packed chunk scores and weights its rows from its codes ([`crate::quant::Chunk::key_dots`],
+/// [`crate::quant::Chunk::add_values`]) instead of being dequantized into an f32 copy of the
+/// whole head first. `qs` is (nq, dim); writes (nq, dim) to `outs`. The rounding follows
+/// [`Prepared::attend`]: with an f16 cache the queries and the probabilities are rounded to
+/// f16.
+pub fn attend_packed(store: &HeadStore, qs: &[f32], nq: usize, scale: f32, outs: &mut [f32]) {
+    let (dim, len) = (store.dim, store.len());
+    let f16 = matches!(store.keys, Rows::F16(_));
+    let qh: Vec<f32> = qs
+        .iter()
+        .map(|&x| if f16 { f16::from_f32(x).to_f32() } else { x })
+        .collect();
+    let mut scores = vec![0f32; nq * len];
+    let mut part = Vec::new();
+    let mut at = 0;
+    for c in &store.packed {
+        let rows = c.rows();
+        part.clear();
+        part.resize(nq * rows, 0.0);
+        c.key_dots(&qh, nq, &mut part);
+        for i in 0..nq {
+            scores[i * len + at..i * len + at + rows]
+                .copy_from_slice(&part[i * rows..(i + 1) * rows]);
+        }
+        at += rows;
+    }
+    let dense = len - at;
+    for i in 0..nq {
+        let q = &qh[i * dim..(i + 1) * dim];
+        let row = &mut scores[i * len + at..(i + 1) * len];
+        match &store.keys {
+            Rows::F16(k) => {
+                for (j, x) in row.iter_mut().enumerate().take(dense) {
+                    *x = dot_f16(q, &k[j * dim..(j + 1) * dim]);
+                }
+            }
+            Rows::F32(k) => {
+                for (j, x) in row.iter_mut().enumerate().take(dense) {
+                    *x = dot_f32(q, &k[j * dim..(j + 1) * dim]);
+                }
+            }
+        }
+        let probs = &mut scores[i * len..(i + 1) * len];
+        for p in probs.iter_mut() {
+            *p *= scale;
+        }
+        softmax_in_place(probs);
+        if f16 {
+            for p in probs.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
+        }
+    }
+    outs.fill(0.0);
+    at = 0;
+    for c in &store.packed {
+        let rows = c.rows();
+        part.clear();
+        for i in 0..nq {
+            part.extend_from_slice(&scores[i * len + at..i * len + at + rows]);
+        }
+        c.add_values(&part, nq, outs);
+        at += rows;
+    }
+    for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+        let probs = &scores[i * len + at..(i + 1) * len];
+        match &store.values {
+            Rows::F16(v) => {
+                for (j, &p) in probs.iter().enumerate() {
+                    axpy_f16(o, p, &v[j * dim..(j + 1) * dim]);
+                }
+            }
+            Rows::F32(v) => {
+                for (j, &p) in probs.iter().enumerate() {
+                    axpy_f32(o, p, &v[j * dim..(j + 1) * dim]);
+                }
+            }
+        }
+    }
+}
+
 /// A head's keys transposed and values widened to f32, made once per prompt chunk so that
 /// many queries can attend without converting or reducing per row.
 pub struct Prepared {
@@ -474,6 +556,68 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::store::KvDtype;
+
+    #[test]
+    fn fused_packed_attention_equals_attending_the_dequantized_head() {
+        use crate::quant::{fp8::Fp8, kivi::Kivi, uniform::PerToken, Codec};
+        let dim = 64;
+        let rows = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0
+                })
+                .collect()
+        };
+        let codecs: Vec<(Box<dyn Codec>, usize)> = vec![
+            (Box::new(Kivi { bits: 2, group: 32 }), 32),
+            (Box::new(PerToken { bits: 8 }), 1),
+            (Box::new(PerToken { bits: 4 }), 1),
+            (Box::new(Fp8), 1),
+        ];
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            for (codec, group) in &codecs {
+                let mut s = HeadStore::new(dtype, dim, 100);
+                let (k, v) = (rows(100 * dim, 1), rows(100 * dim, 2));
+                for t in 0..100 {
+                    s.push(
+                        t as u32,
+                        &k[t * dim..(t + 1) * dim],
+                        &v[t * dim..(t + 1) * dim],
+                    );
+                }
+                // 64 rows packed, 36 dense.
+                for _ in 0..64 / group {
+                    s.pack_oldest(*group, codec.as_ref());
+                }
+                assert_eq!(s.packed_rows, 64);
+                // Per-token codecs grow one chunk; KIVI keeps a chunk per group.
+                assert_eq!(s.packed.len(), if *group == 1 { 1 } else { 2 });
+                let qs = rows(3 * dim, 3);
+                let mut fused = vec![0f32; 3 * dim];
+                attend_packed(&s, &qs, 3, 0.125, &mut fused);
+                let prepared = Prepared::new(&s, false);
+                for i in 0..3 {
+                    let mut want = vec![0f32; dim];
+                    let mut probs = Vec::new();
+                    prepared.attend(
+                        100,
+                        &qs[i * dim..(i + 1) * dim],
+                        0.125,
+                        &mut want,
+                        &mut probs,
+                    );
+                    for d in 0..dim {
+                        let got = fused[i * dim + d];
+                        assert!(
+                            (got - want[d]).abs() < 1e-4,
+                            "{dtype:?} group {group} query {i} dim {d}: {got} vs {}",
+                            want[d]
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn attention_matches_hand_computation() {

@@ -5,7 +5,7 @@
 //! tokens' absolute positions); the cache appends, attends, lets its [`Method`] observe and
 //! compress, and returns the attention output.
 
-use crate::attention::{attend_head, Prepared};
+use crate::attention::{attend_head, attend_packed, Prepared};
 use crate::method::{HeadStats, Method, Needs, Step};
 use crate::store::{HeadStore, KvDtype};
 use rayon::prelude::*;
@@ -308,8 +308,35 @@ impl KvCache {
         let window = needs.window.min(n);
         let scale = 1.0 / (dim as f32).sqrt();
         let stores = &self.heads[layer];
-        // Prompt chunks: keys transposed once per key/value head, shared by its query heads.
         let packed = stores.iter().any(|s| s.packed_rows > 0);
+        // A decode step over packed rows: each key/value head's chunks are read in place
+        // (fused dequantize-and-dot) for all its query heads at once.
+        if n == 1 && packed && !needs.accumulate && window == 0 {
+            // One task per query head when the chunks read their codes in place (they do so
+            // once per query anyway, and more tasks keep every core busy); one per key/value
+            // head when they decode, so that each chunk is decoded once for its queries.
+            let fused = stores.iter().all(|s| s.packed.iter().all(|c| c.fused()));
+            let per = if fused { 1 } else { group };
+            out[..n_heads * dim]
+                .par_chunks_mut(per * dim)
+                .enumerate()
+                .for_each(|(t, o)| {
+                    let h = t * per;
+                    let qs = &q[h * dim..(h + per) * dim];
+                    attend_packed(&stores[h / group], qs, per, scale, o)
+                });
+            let step = self.step;
+            self.method.compress(
+                layer,
+                &self.shape,
+                &mut self.heads[layer],
+                &mut self.stats[layer],
+                step,
+            );
+            self.bytes_now[layer] = self.heads[layer].iter().map(|h| h.bytes()).sum();
+            return;
+        }
+        // Prompt chunks: keys transposed once per key/value head, shared by its query heads.
         let use_prepared = n >= PREPARE_MIN || packed;
         if use_prepared {
             let transpose = n >= PREPARE_MIN;

@@ -176,7 +176,15 @@ impl HeadStore {
             self.keys.row_f32(i, dim, &mut k[i * dim..(i + 1) * dim]);
             self.values.row_f32(i, dim, &mut v[i * dim..(i + 1) * dim]);
         }
-        self.packed.push(codec.encode(&k, &v, n, dim));
+        let chunk = codec.encode(&k, &v, n, dim);
+        // Per-token codecs grow one chunk instead of adding one per decode step.
+        let absorbed = self
+            .packed
+            .last_mut()
+            .is_some_and(|last| last.absorb(chunk.as_ref()));
+        if !absorbed {
+            self.packed.push(chunk);
+        }
         self.packed_rows += n;
         let keep: Vec<usize> = (n..self.dense_rows() + n).collect();
         self.keys.retain_rows(&keep, dim);

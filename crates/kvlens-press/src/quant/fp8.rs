@@ -2,8 +2,10 @@
 //! finite E4M3 value), stored as one byte per value plus an f16 scale per row.
 //! E4M3 as in Micikevicius et al., "FP8 Formats for Deep Learning" (arXiv:2209.05433).
 
+use super::kernels::{e4m3_axpy_rows, e4m3_dot_rows};
 use super::{Chunk, Codec};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::sync::OnceLock;
 
 const E4M3_MAX: f32 = 448.0;
@@ -58,26 +60,41 @@ pub struct Fp8;
 struct Packed {
     rows: usize,
     dim: usize,
-    codes: Vec<u8>,
-    scales: Vec<f16>,
+    /// One byte per value, keys and values apart (so that rows can be appended).
+    key_codes: Vec<u8>,
+    value_codes: Vec<u8>,
+    /// One scale per row.
+    key_scales: Vec<f16>,
+    value_scales: Vec<f16>,
 }
 
 impl Codec for Fp8 {
+    fn rows_independent(&self) -> bool {
+        true
+    }
+
     fn encode(&self, keys: &[f32], values: &[f32], rows: usize, dim: usize) -> Box<dyn Chunk> {
-        let mut codes = Vec::with_capacity(2 * rows * dim);
-        let mut scales = Vec::with_capacity(2 * rows);
-        for x in keys.chunks_exact(dim).chain(values.chunks_exact(dim)) {
-            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = f16::from_f32(if amax > 0.0 { amax / E4M3_MAX } else { 1.0 });
-            let inv = 1.0 / s.to_f32();
-            codes.extend(x.iter().map(|&v| f32_to_e4m3(v * inv)));
-            scales.push(s);
-        }
+        let side = |x: &[f32]| {
+            let mut codes = Vec::with_capacity(rows * dim);
+            let mut scales = Vec::with_capacity(rows);
+            for row in x.chunks_exact(dim) {
+                let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = f16::from_f32(if amax > 0.0 { amax / E4M3_MAX } else { 1.0 });
+                let inv = 1.0 / s.to_f32();
+                codes.extend(row.iter().map(|&v| f32_to_e4m3(v * inv)));
+                scales.push(s);
+            }
+            (codes, scales)
+        };
+        let (key_codes, key_scales) = side(keys);
+        let (value_codes, value_scales) = side(values);
         Box::new(Packed {
             rows,
             dim,
-            codes,
-            scales,
+            key_codes,
+            value_codes,
+            key_scales,
+            value_scales,
         })
     }
 }
@@ -88,24 +105,71 @@ impl Chunk for Packed {
     }
 
     fn bytes(&self) -> usize {
-        self.codes.len() + self.scales.len() * 2
+        self.key_codes.len()
+            + self.value_codes.len()
+            + 2 * (self.key_scales.len() + self.value_scales.len())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn absorb(&mut self, next: &dyn Chunk) -> bool {
+        let Some(n) = next.as_any().downcast_ref::<Packed>() else {
+            return false;
+        };
+        if n.dim != self.dim {
+            return false;
+        }
+        self.key_codes.extend_from_slice(&n.key_codes);
+        self.value_codes.extend_from_slice(&n.value_codes);
+        self.key_scales.extend_from_slice(&n.key_scales);
+        self.value_scales.extend_from_slice(&n.value_scales);
+        self.rows += n.rows;
+        true
+    }
+
+    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+        let (dim, rows) = (self.dim, self.rows);
+        let mut sf = vec![0f32; rows];
+        self.key_scales.convert_to_f32_slice(&mut sf);
+        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+            let o = &mut out[i * rows..(i + 1) * rows];
+            e4m3_dot_rows(&self.key_codes, 0, dim, q, o);
+            for (x, s) in o.iter_mut().zip(&sf) {
+                *x *= s;
+            }
+        }
+    }
+
+    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
+        let (dim, rows) = (self.dim, self.rows);
+        let mut a = vec![0f32; rows];
+        let mut sf = vec![0f32; rows];
+        self.value_scales.convert_to_f32_slice(&mut sf);
+        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+            for ((x, &p), s) in a.iter_mut().zip(&ps[i * rows..]).zip(&sf) {
+                *x = p * s;
+            }
+            e4m3_axpy_rows(&self.value_codes, 0, dim, &a, o);
+        }
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
-        // Rows in the order they were encoded: keys, then values.
         let lut = decode_table();
-        let out = keys
-            .chunks_exact_mut(self.dim)
-            .chain(values.chunks_exact_mut(self.dim));
-        for ((s, row), codes) in self
-            .scales
-            .iter()
-            .zip(out)
-            .zip(self.codes.chunks_exact(self.dim))
-        {
-            let s = s.to_f32();
-            for (o, &c) in row.iter_mut().zip(codes) {
-                *o = lut[c as usize] * s;
+        for (codes, scales, out) in [
+            (&self.key_codes, &self.key_scales, keys),
+            (&self.value_codes, &self.value_scales, values),
+        ] {
+            for ((s, row), c) in scales
+                .iter()
+                .zip(out.chunks_exact_mut(self.dim))
+                .zip(codes.chunks_exact(self.dim))
+            {
+                let s = s.to_f32();
+                for (o, &b) in row.iter_mut().zip(c) {
+                    *o = lut[b as usize] * s;
+                }
             }
         }
     }

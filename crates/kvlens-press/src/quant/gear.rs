@@ -204,6 +204,10 @@ impl Chunk for Packed {
         self.rows
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn bytes(&self) -> usize {
         [&self.k, &self.v]
             .iter()
@@ -219,6 +223,33 @@ impl Chunk for Packed {
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
         self.decode_matrix(&self.k, keys);
         self.decode_matrix(&self.v, values);
+    }
+
+    fn fused(&self) -> bool {
+        false
+    }
+
+    // Keys and values each decoded once, into a chunk-sized buffer.
+    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+        let dim = self.dim;
+        let mut k = vec![0f32; self.rows * dim];
+        self.decode_matrix(&self.k, &mut k);
+        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+            for (r, kr) in k.chunks_exact(dim).enumerate() {
+                out[i * self.rows + r] = crate::attention::dot_f32(q, kr);
+            }
+        }
+    }
+
+    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
+        let dim = self.dim;
+        let mut v = vec![0f32; self.rows * dim];
+        self.decode_matrix(&self.v, &mut v);
+        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+            for (r, vr) in v.chunks_exact(dim).enumerate() {
+                crate::attention::axpy_f32(o, ps[i * self.rows + r], vr);
+            }
+        }
     }
 }
 

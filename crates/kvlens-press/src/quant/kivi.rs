@@ -5,8 +5,10 @@
 //! (arXiv:2402.02750). Keys have outlier channels, so each channel gets its own range over
 //! a group of tokens; values are quantized per token. Scales and zero points are f16.
 
+use super::kernels::{code_axpy_rows, code_dot_rows};
 use super::{dequant_run, pack, quantize_code, unpack, Chunk, Codec};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 pub struct Kivi {
     pub bits: u32,
@@ -21,10 +23,10 @@ struct Packed {
     vgroup: usize,
     key_codes: Vec<u8>,
     /// (min, scale) per channel.
-    key_params: Vec<(f16, f16)>,
+    key_params: Vec<f16>,
     value_codes: Vec<u8>,
     /// (min, scale) per token and channel group.
-    value_params: Vec<(f16, f16)>,
+    value_params: Vec<f16>,
 }
 
 fn range(xs: impl Iterator<Item = f32>, bits: u32) -> (f16, f16, f32, f32) {
@@ -53,7 +55,7 @@ impl Codec for Kivi {
             for r in 0..rows {
                 kc[r * dim + d] = quantize_code(keys[r * dim + d], m, inv, bits);
             }
-            key_params.push((m16, s16));
+            key_params.extend([m16, s16]);
         }
         let vgroup = self.group.min(dim).max(1);
         let mut vc = Vec::with_capacity(rows * dim);
@@ -62,7 +64,7 @@ impl Codec for Kivi {
             for g in row.chunks(vgroup) {
                 let (m16, s16, m, inv) = range(g.iter().copied(), bits);
                 vc.extend(g.iter().map(|&x| quantize_code(x, m, inv, bits)));
-                value_params.push((m16, s16));
+                value_params.extend([m16, s16]);
             }
         }
         Box::new(Packed {
@@ -83,18 +85,68 @@ impl Chunk for Packed {
         self.rows
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn bytes(&self) -> usize {
         self.key_codes.len()
             + self.value_codes.len()
-            + 4 * (self.key_params.len() + self.value_params.len())
+            + 2 * (self.key_params.len() + self.value_params.len())
+    }
+
+    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+        // k[r][d] = m_d + s_d·c[r][d], so q·k_r = Σ_d q_d·m_d + Σ_d (q_d·s_d)·c[r][d].
+        let dim = self.dim;
+        let mut qs_scaled = vec![0f32; dim];
+        let mut pf = vec![0f32; 2 * dim];
+        self.key_params.convert_to_f32_slice(&mut pf);
+        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+            let mut base = 0.0;
+            for ((w, &x), ms) in qs_scaled.iter_mut().zip(q).zip(pf.chunks_exact(2)) {
+                *w = x * ms[1];
+                base += x * ms[0];
+            }
+            let o = &mut out[i * self.rows..(i + 1) * self.rows];
+            code_dot_rows(&self.key_codes, self.bits, 0, dim, &qs_scaled, o);
+            for x in o.iter_mut() {
+                *x += base;
+            }
+        }
+    }
+
+    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
+        let dim = self.dim;
+        let groups = dim.div_ceil(self.vgroup);
+        let mut a = vec![0f32; self.rows];
+        let mut pf = vec![0f32; self.value_params.len()];
+        self.value_params.convert_to_f32_slice(&mut pf);
+        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+            let p = &ps[i * self.rows..(i + 1) * self.rows];
+            for g in 0..groups {
+                let d0 = g * self.vgroup;
+                let d1 = (d0 + self.vgroup).min(dim);
+                let mut offset = 0.0;
+                for (r, x) in a.iter_mut().enumerate() {
+                    let at = 2 * (r * groups + g);
+                    offset += p[r] * pf[at];
+                    *x = p[r] * pf[at + 1];
+                }
+                let part = &mut o[d0..d1];
+                code_axpy_rows(&self.value_codes, self.bits, d0, dim, &a, part);
+                for x in part.iter_mut() {
+                    *x += offset;
+                }
+            }
+        }
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
         let dim = self.dim;
         let params: Vec<(f32, f32)> = self
             .key_params
-            .iter()
-            .map(|(m, s)| (m.to_f32(), s.to_f32()))
+            .chunks_exact(2)
+            .map(|ms| (ms[0].to_f32(), ms[1].to_f32()))
             .collect();
         for r in 0..self.rows {
             let row = &mut keys[r * dim..(r + 1) * dim];
@@ -106,7 +158,10 @@ impl Chunk for Packed {
         let groups = dim.div_ceil(self.vgroup);
         for r in 0..self.rows {
             for g in 0..groups {
-                let (m, s) = self.value_params[r * groups + g];
+                let (m, s) = (
+                    self.value_params[2 * (r * groups + g)],
+                    self.value_params[2 * (r * groups + g) + 1],
+                );
                 let d0 = g * self.vgroup;
                 let d1 = (d0 + self.vgroup).min(dim);
                 let start = r * dim + d0;
@@ -135,6 +190,55 @@ impl Chunk for Packed {
 mod tests {
     use super::*;
     use crate::quant::testutil::rows;
+
+    #[test]
+    fn fused_dots_equal_dots_with_the_decoded_rows() {
+        let (n, dim) = (32, 64);
+        let (k, v) = (rows(n * dim, 5, 1.0), rows(n * dim, 6, 1.0));
+        let qs = rows(3 * dim, 7, 1.0);
+        let ps: Vec<f32> = rows(3 * n, 8, 1.0).iter().map(|x| x.abs()).collect();
+        let codecs: Vec<Box<dyn Codec>> = vec![
+            Box::new(Kivi { bits: 2, group: 32 }),
+            Box::new(Kivi { bits: 4, group: 32 }),
+            Box::new(crate::quant::uniform::PerToken { bits: 8 }),
+            Box::new(crate::quant::uniform::PerToken { bits: 4 }),
+            Box::new(crate::quant::fp8::Fp8),
+            Box::new(crate::quant::gear::Gear {
+                bits: 4,
+                rank: 2,
+                outliers: 0.02,
+            }),
+        ];
+        for (ci, codec) in codecs.iter().enumerate() {
+            let c = codec.encode(&k, &v, n, dim);
+            let (mut dk, mut dv) = (vec![0f32; n * dim], vec![0f32; n * dim]);
+            c.decode(&mut dk, &mut dv);
+            let mut dots = vec![0f32; 3 * n];
+            c.key_dots(&qs, 3, &mut dots);
+            let mut outs = vec![0.5f32; 3 * dim];
+            c.add_values(&ps, 3, &mut outs);
+            for i in 0..3 {
+                let q = &qs[i * dim..(i + 1) * dim];
+                for r in 0..n {
+                    let want: f32 = q.iter().zip(&dk[r * dim..]).map(|(a, b)| a * b).sum();
+                    let got = dots[i * n + r];
+                    assert!(
+                        (want - got).abs() < 1e-3,
+                        "codec {ci} key {i},{r}: {want} vs {got}"
+                    );
+                }
+                for d in 0..dim {
+                    let want: f32 =
+                        0.5 + (0..n).map(|r| ps[i * n + r] * dv[r * dim + d]).sum::<f32>();
+                    let got = outs[i * dim + d];
+                    assert!(
+                        (want - got).abs() < 1e-3,
+                        "codec {ci} value {i},{d}: {want} vs {got}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn keys_are_ranged_per_channel_values_per_token() {

@@ -7,6 +7,7 @@
 
 pub mod fp8;
 pub mod gear;
+pub mod kernels;
 pub mod kivi;
 pub mod uniform;
 
@@ -21,11 +22,60 @@ pub trait Chunk: Send + Sync {
     fn bytes(&self) -> usize;
     /// Writes the dequantized keys and values, (rows, dim) each.
     fn decode(&self, keys: &mut [f32], values: &mut [f32]);
+
+    /// This chunk as `Any`, for [`Chunk::absorb`].
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// Appends the rows of `next` (packed later) when both are of a codec whose rows are
+    /// independent; `false` when it cannot.
+    fn absorb(&mut self, _next: &dyn Chunk) -> bool {
+        false
+    }
+
+    /// Whether [`Chunk::key_dots`] and [`Chunk::add_values`] read the codes in place (else they
+    /// decode the chunk, which is then best done once for all the queries of a head).
+    fn fused(&self) -> bool {
+        true
+    }
+
+    /// `out[i·rows + r] = q_i · k_r` for the `nq` queries in `qs` ((nq, dim)), unscaled. This
+    /// default decodes the chunk; codecs override it to read their codes directly.
+    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+        let (rows, dim) = (self.rows(), qs.len() / nq);
+        let mut k = vec![0f32; rows * dim];
+        let mut v = vec![0f32; rows * dim];
+        self.decode(&mut k, &mut v);
+        for (i, q) in qs.chunks_exact(dim).enumerate() {
+            for (r, kr) in k.chunks_exact(dim).enumerate() {
+                out[i * rows + r] = crate::attention::dot_f32(q, kr);
+            }
+        }
+    }
+
+    /// `outs[i·dim + d] += Σ_r ps[i·rows + r] · v_r[d]` for the `nq` queries. This default
+    /// decodes the chunk; codecs override it.
+    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
+        let (rows, dim) = (self.rows(), outs.len() / nq);
+        let mut k = vec![0f32; rows * dim];
+        let mut v = vec![0f32; rows * dim];
+        self.decode(&mut k, &mut v);
+        for (i, o) in outs.chunks_exact_mut(dim).enumerate() {
+            for (r, vr) in v.chunks_exact(dim).enumerate() {
+                crate::attention::axpy_f32(o, ps[i * rows + r], vr);
+            }
+        }
+    }
 }
 
 /// Packs `rows` rows of keys and values, (rows, dim) each.
 pub trait Codec: Send + Sync {
     fn encode(&self, keys: &[f32], values: &[f32], rows: usize, dim: usize) -> Box<dyn Chunk>;
+
+    /// Every row is quantized on its own (per-token codecs): packing n rows as one chunk
+    /// stores exactly what n one-row chunks would, in one pass.
+    fn rows_independent(&self) -> bool {
+        false
+    }
 }
 
 /// Asymmetric uniform quantization of `x` to `bits` with the given min and scale; codes
@@ -116,6 +166,13 @@ impl Method for Quantize {
         }
         let Schedule { group, residual } = self.schedule;
         for store in heads {
+            if self.codec.rows_independent() {
+                let ready = store.dense_rows().saturating_sub(residual) / group * group;
+                if ready > 0 {
+                    store.pack_oldest(ready, self.codec.as_ref());
+                }
+                continue;
+            }
             while store.dense_rows() >= residual + group {
                 store.pack_oldest(group, self.codec.as_ref());
             }

@@ -1,8 +1,10 @@
 //! Per-token asymmetric integer quantization (`int8`, `int4`): every row of keys and of
 //! values gets its own minimum and scale (f16), codes of `bits` packed.
 
+use super::kernels::{code_axpy_rows, code_dot_rows};
 use super::{dequant_run, pack, quantize_code, Chunk, Codec};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 pub struct PerToken {
     pub bits: u32,
@@ -12,10 +14,12 @@ struct Packed {
     rows: usize,
     dim: usize,
     bits: u32,
-    /// Keys then values: codes per row.
-    codes: Vec<u8>,
-    /// (min, scale) per row, keys then values.
-    params: Vec<(f16, f16)>,
+    /// Codes of the key rows, then (separately, so that rows can be appended) of the values.
+    key_codes: Vec<u8>,
+    value_codes: Vec<u8>,
+    /// min, scale, min, scale, ... per row.
+    key_params: Vec<f16>,
+    value_params: Vec<f16>,
 }
 
 /// Quantizes one row; returns its codes, min and scale as stored.
@@ -35,20 +39,31 @@ pub fn quantize_row(x: &[f32], bits: u32) -> (Vec<u8>, f16, f16) {
 }
 
 impl Codec for PerToken {
+    fn rows_independent(&self) -> bool {
+        true
+    }
+
     fn encode(&self, keys: &[f32], values: &[f32], rows: usize, dim: usize) -> Box<dyn Chunk> {
-        let mut codes = Vec::with_capacity(2 * rows * dim);
-        let mut params = Vec::with_capacity(2 * rows);
-        for x in keys.chunks_exact(dim).chain(values.chunks_exact(dim)) {
-            let (c, m, s) = quantize_row(x, self.bits);
-            codes.extend(c);
-            params.push((m, s));
-        }
+        let side = |x: &[f32]| {
+            let mut codes = Vec::with_capacity(rows * dim);
+            let mut params = Vec::with_capacity(2 * rows);
+            for row in x.chunks_exact(dim) {
+                let (c, m, s) = quantize_row(row, self.bits);
+                codes.extend(c);
+                params.extend([m, s]);
+            }
+            (pack(&codes, self.bits), params)
+        };
+        let (key_codes, key_params) = side(keys);
+        let (value_codes, value_params) = side(values);
         Box::new(Packed {
             rows,
             dim,
             bits: self.bits,
-            codes: pack(&codes, self.bits),
-            params,
+            key_codes,
+            value_codes,
+            key_params,
+            value_params,
         })
     }
 }
@@ -59,23 +74,88 @@ impl Chunk for Packed {
     }
 
     fn bytes(&self) -> usize {
-        self.codes.len() + self.params.len() * 4
+        self.key_codes.len()
+            + self.value_codes.len()
+            + 2 * (self.key_params.len() + self.value_params.len())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    // Rows are independent: a newer chunk's rows append (when rows fill whole bytes).
+    fn absorb(&mut self, next: &dyn Chunk) -> bool {
+        let Some(n) = next.as_any().downcast_ref::<Packed>() else {
+            return false;
+        };
+        if n.bits != self.bits
+            || n.dim != self.dim
+            || !(self.dim * self.bits as usize).is_multiple_of(8)
+        {
+            return false;
+        }
+        self.key_codes.extend_from_slice(&n.key_codes);
+        self.value_codes.extend_from_slice(&n.value_codes);
+        self.key_params.extend_from_slice(&n.key_params);
+        self.value_params.extend_from_slice(&n.value_params);
+        self.rows += n.rows;
+        true
+    }
+
+    // k_r = m_r + s_r·c_r, so q·k_r = m_r·Σq + s_r·(q·c_r).
+    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+        let (dim, rows) = (self.dim, self.rows);
+        let mut pf = vec![0f32; 2 * rows];
+        self.key_params.convert_to_f32_slice(&mut pf);
+        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+            let qsum: f32 = q.iter().sum();
+            let o = &mut out[i * rows..(i + 1) * rows];
+            code_dot_rows(&self.key_codes, self.bits, 0, dim, q, o);
+            for (x, ms) in o.iter_mut().zip(pf.chunks_exact(2)) {
+                *x = ms[0] * qsum + ms[1] * *x;
+            }
+        }
+    }
+
+    // Σ_r p_r·v_r = Σ_r p_r·m_r + Σ_r (p_r·s_r)·c_r.
+    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
+        let (dim, rows) = (self.dim, self.rows);
+        let mut a = vec![0f32; rows];
+        let mut pf = vec![0f32; 2 * rows];
+        self.value_params.convert_to_f32_slice(&mut pf);
+        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+            let mut offset = 0.0;
+            for ((x, &p), ms) in a.iter_mut().zip(&ps[i * rows..]).zip(pf.chunks_exact(2)) {
+                offset += p * ms[0];
+                *x = p * ms[1];
+            }
+            code_axpy_rows(&self.value_codes, self.bits, 0, dim, &a, o);
+            for x in o.iter_mut() {
+                *x += offset;
+            }
+        }
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {
-        // Rows in the order they were encoded: keys, then values.
-        let out = keys
-            .chunks_exact_mut(self.dim)
-            .chain(values.chunks_exact_mut(self.dim));
-        for (r, ((m, s), row)) in self.params.iter().zip(out).enumerate() {
-            dequant_run(
-                &self.codes,
-                self.bits,
-                r * self.dim,
-                m.to_f32(),
-                s.to_f32(),
-                row,
-            );
+        let dim = self.dim;
+        for (codes, params, out) in [
+            (&self.key_codes, &self.key_params, keys),
+            (&self.value_codes, &self.value_params, values),
+        ] {
+            for (r, (ms, row)) in params
+                .chunks_exact(2)
+                .zip(out.chunks_exact_mut(dim))
+                .enumerate()
+            {
+                dequant_run(
+                    codes,
+                    self.bits,
+                    r * dim,
+                    ms[0].to_f32(),
+                    ms[1].to_f32(),
+                    row,
+                );
+            }
         }
     }
 }
