@@ -590,8 +590,8 @@ mod tests {
                     s.pack_oldest(*group, codec.as_ref());
                 }
                 assert_eq!(s.packed_rows, 64);
-                // Per-token codecs grow one chunk; KIVI keeps a chunk per group.
-                assert_eq!(s.packed.len(), if *group == 1 { 1 } else { 2 });
+                // Chunks grow in place: per-token codecs row by row, KIVI group by group.
+                assert_eq!(s.packed.len(), 1);
                 let qs = rows(3 * dim, 3);
                 let mut fused = vec![0f32; 3 * dim];
                 attend_packed(&s, &qs, 3, 0.125, &mut fused);

@@ -21,8 +21,11 @@ struct Packed {
     dim: usize,
     bits: u32,
     vgroup: usize,
+    /// Rows sharing one set of per-channel key ranges (the chunk's rows when it was made;
+    /// later chunks of the same size are appended group after group).
+    kgroup: usize,
     key_codes: Vec<u8>,
-    /// (min, scale) per channel.
+    /// (min, scale) per channel, per key group.
     key_params: Vec<f16>,
     value_codes: Vec<u8>,
     /// (min, scale) per token and channel group.
@@ -72,6 +75,7 @@ impl Codec for Kivi {
             dim,
             bits,
             vgroup,
+            kgroup: rows,
             key_codes: pack(&kc, bits),
             key_params,
             value_codes: pack(&vc, bits),
@@ -95,22 +99,55 @@ impl Chunk for Packed {
             + 2 * (self.key_params.len() + self.value_params.len())
     }
 
+    // Groups of whole key groups append: the values are per token, the keys keep each
+    // group's own channel ranges.
+    fn absorb(&mut self, next: &dyn Chunk) -> bool {
+        let Some(n) = next.as_any().downcast_ref::<Packed>() else {
+            return false;
+        };
+        if n.bits != self.bits
+            || n.dim != self.dim
+            || n.vgroup != self.vgroup
+            || n.kgroup != self.kgroup
+            || n.rows != n.kgroup
+            || !(self.dim * self.bits as usize).is_multiple_of(8)
+        {
+            return false;
+        }
+        self.key_codes.extend_from_slice(&n.key_codes);
+        self.key_params.extend_from_slice(&n.key_params);
+        self.value_codes.extend_from_slice(&n.value_codes);
+        self.value_params.extend_from_slice(&n.value_params);
+        self.rows += n.rows;
+        true
+    }
+
     fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        // k[r][d] = m_d + s_d·c[r][d], so q·k_r = Σ_d q_d·m_d + Σ_d (q_d·s_d)·c[r][d].
-        let dim = self.dim;
+        // k[r][d] = m_d + s_d·c[r][d], so q·k_r = Σ_d q_d·m_d + Σ_d (q_d·s_d)·c[r][d], with
+        // the ranges of r's key group.
+        let (dim, rows, kg) = (self.dim, self.rows, self.kgroup);
         let mut qs_scaled = vec![0f32; dim];
-        let mut pf = vec![0f32; 2 * dim];
+        let mut pf = vec![0f32; self.key_params.len()];
         self.key_params.convert_to_f32_slice(&mut pf);
         for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
-            let mut base = 0.0;
-            for ((w, &x), ms) in qs_scaled.iter_mut().zip(q).zip(pf.chunks_exact(2)) {
-                *w = x * ms[1];
-                base += x * ms[0];
-            }
-            let o = &mut out[i * self.rows..(i + 1) * self.rows];
-            code_dot_rows(&self.key_codes, self.bits, 0, dim, &qs_scaled, o);
-            for x in o.iter_mut() {
-                *x += base;
+            for (gi, params) in pf.chunks_exact(2 * dim).enumerate() {
+                let mut base = 0.0;
+                for ((w, &x), ms) in qs_scaled.iter_mut().zip(q).zip(params.chunks_exact(2)) {
+                    *w = x * ms[1];
+                    base += x * ms[0];
+                }
+                let o = &mut out[i * rows + gi * kg..i * rows + (gi + 1) * kg];
+                code_dot_rows(
+                    &self.key_codes,
+                    self.bits,
+                    gi * kg * dim,
+                    dim,
+                    &qs_scaled,
+                    o,
+                );
+                for x in o.iter_mut() {
+                    *x += base;
+                }
             }
         }
     }
@@ -151,7 +188,8 @@ impl Chunk for Packed {
         for r in 0..self.rows {
             let row = &mut keys[r * dim..(r + 1) * dim];
             dequant_run(&self.key_codes, self.bits, r * dim, 0.0, 1.0, row);
-            for (x, (m, s)) in row.iter_mut().zip(&params) {
+            let group = &params[r / self.kgroup * dim..(r / self.kgroup + 1) * dim];
+            for (x, (m, s)) in row.iter_mut().zip(group) {
                 *x = m + s * *x;
             }
         }
