@@ -7,9 +7,11 @@
 //! the rest is quantized per token to `bits`; the error of that is approximated by rank
 //! `rank` factors (a few power iterations of a randomized range finder), stored in f16.
 
+use super::kernels::{code_axpy_rows, code_dot_rows};
 use super::uniform::quantize_row;
-use super::{dequant_run, pack, Chunk, Codec};
+use super::{dequant_run, pack, unpack, Chunk, Codec};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 pub struct Gear {
     pub bits: u32,
@@ -178,7 +180,41 @@ impl Codec for Gear {
     }
 }
 
+fn to_f32(x: &[f16]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    x.convert_to_f32_slice(&mut out);
+    out
+}
+
 impl Packed {
+    /// For each outlier, its exact value minus what quantization and the low-rank term give
+    /// at its place (what attention must add there).
+    fn outlier_deltas(&self, m: &Matrix, params: &[(f32, f32)], a: &[f32], b: &[f32]) -> Vec<f32> {
+        m.sparse
+            .iter()
+            .map(|&(at, v)| {
+                let (row, d) = (at as usize / self.dim, at as usize % self.dim);
+                v.to_f32() - self.base(m, params, a, b, row, d)
+            })
+            .collect()
+    }
+
+    /// Entry (row, d) as quantization plus low rank give it (what an outlier replaces).
+    fn base(
+        &self,
+        m: &Matrix,
+        params: &[(f32, f32)],
+        a: &[f32],
+        b: &[f32],
+        row: usize,
+        d: usize,
+    ) -> f32 {
+        let (dim, r) = (self.dim, self.rank);
+        let (mn, sc) = params[row];
+        let c = unpack(&m.codes, self.bits, row * dim + d) as f32;
+        mn + sc * c + (0..r).map(|k| a[row * r + k] * b[k * dim + d]).sum::<f32>()
+    }
+
     fn decode_matrix(&self, m: &Matrix, out: &mut [f32]) {
         let (dim, r) = (self.dim, self.rank);
         let a: Vec<f32> = m.a.iter().map(|x| x.to_f32()).collect();
@@ -225,29 +261,78 @@ impl Chunk for Packed {
         self.decode_matrix(&self.v, values);
     }
 
+    // Decoding the outliers' places is the costly part: one call serves all the query heads
+    // of a key/value head.
     fn fused(&self) -> bool {
         false
     }
 
-    // Keys and values each decoded once, into a chunk-sized buffer.
+    // With k_r = m_r + s_r·c_r + Σ_k a_rk·b_k (and a few entries replaced exactly):
+    // q·k_r = m_r·Σq + s_r·(q·c_r) + Σ_k a_rk·(b_k·q) + Σ_outliers q_d·(x − base_rd).
     fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        let dim = self.dim;
-        let mut k = vec![0f32; self.rows * dim];
-        self.decode_matrix(&self.k, &mut k);
+        let (dim, rows, r) = (self.dim, self.rows, self.rank);
+        let m = &self.k;
+        let (a, b) = (to_f32(&m.a), to_f32(&m.b));
+        let params: Vec<(f32, f32)> = m
+            .params
+            .iter()
+            .map(|(x, y)| (x.to_f32(), y.to_f32()))
+            .collect();
+        let deltas = self.outlier_deltas(m, &params, &a, &b);
+        let mut bq = vec![0f32; r];
         for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
-            for (r, kr) in k.chunks_exact(dim).enumerate() {
-                out[i * self.rows + r] = crate::attention::dot_f32(q, kr);
+            let qsum: f32 = q.iter().sum();
+            for (k, x) in bq.iter_mut().enumerate() {
+                *x = crate::attention::dot_f32(&b[k * dim..(k + 1) * dim], q);
+            }
+            let o = &mut out[i * rows..(i + 1) * rows];
+            code_dot_rows(&m.codes, self.bits, 0, dim, q, o);
+            for (row, x) in o.iter_mut().enumerate() {
+                let (mn, sc) = params[row];
+                let low: f32 = (0..r).map(|k| a[row * r + k] * bq[k]).sum();
+                *x = mn * qsum + sc * *x + low;
+            }
+            for (&(at, _), delta) in m.sparse.iter().zip(&deltas) {
+                let (row, d) = (at as usize / dim, at as usize % dim);
+                o[row] += q[d] * delta;
             }
         }
     }
 
     fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let dim = self.dim;
-        let mut v = vec![0f32; self.rows * dim];
-        self.decode_matrix(&self.v, &mut v);
+        let (dim, rows, r) = (self.dim, self.rows, self.rank);
+        let m = &self.v;
+        let (a, b) = (to_f32(&m.a), to_f32(&m.b));
+        let params: Vec<(f32, f32)> = m
+            .params
+            .iter()
+            .map(|(x, y)| (x.to_f32(), y.to_f32()))
+            .collect();
+        let deltas = self.outlier_deltas(m, &params, &a, &b);
+        let mut w = vec![0f32; rows];
+        let mut wk = vec![0f32; r];
         for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-            for (r, vr) in v.chunks_exact(dim).enumerate() {
-                crate::attention::axpy_f32(o, ps[i * self.rows + r], vr);
+            let p = &ps[i * rows..(i + 1) * rows];
+            let mut offset = 0.0;
+            wk.fill(0.0);
+            for (row, x) in w.iter_mut().enumerate() {
+                let (mn, sc) = params[row];
+                offset += p[row] * mn;
+                *x = p[row] * sc;
+                for (k, y) in wk.iter_mut().enumerate() {
+                    *y += p[row] * a[row * r + k];
+                }
+            }
+            code_axpy_rows(&m.codes, self.bits, 0, dim, &w, o);
+            for (k, &y) in wk.iter().enumerate() {
+                crate::attention::axpy_f32(o, y, &b[k * dim..(k + 1) * dim]);
+            }
+            for x in o.iter_mut() {
+                *x += offset;
+            }
+            for (&(at, _), delta) in m.sparse.iter().zip(&deltas) {
+                let (row, d) = (at as usize / dim, at as usize % dim);
+                o[d] += p[row] * delta;
             }
         }
     }
