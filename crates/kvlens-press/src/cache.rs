@@ -325,15 +325,7 @@ impl KvCache {
                     let qs = &q[h * dim..(h + per) * dim];
                     attend_packed(&stores[h / group], qs, per, scale, o)
                 });
-            let step = self.step;
-            self.method.compress(
-                layer,
-                &self.shape,
-                &mut self.heads[layer],
-                &mut self.stats[layer],
-                step,
-            );
-            self.bytes_now[layer] = self.heads[layer].iter().map(|h| h.bytes()).sum();
+            self.compress_layer(layer);
             return;
         }
         // Prompt chunks: keys transposed once per key/value head, shared by its query heads.
@@ -428,6 +420,11 @@ impl KvCache {
             }
         }
 
+        self.compress_layer(layer);
+    }
+
+    /// The method's step over one layer after its attention, and the bytes it then holds.
+    fn compress_layer(&mut self, layer: usize) {
         let step = self.step;
         self.method.compress(
             layer,

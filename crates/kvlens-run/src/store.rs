@@ -8,44 +8,46 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// The non-blank lines of a record file with their 1-based numbers; `complete` is false for
+/// a last line without its newline (a torn write: each record is written with its newline in
+/// one write, so such a line was cut short even if what is there happens to parse).
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8], bool)> {
+    let mut start = 0;
+    let mut line_no = 0;
+    std::iter::from_fn(move || loop {
+        if start >= bytes.len() {
+            return None;
+        }
+        line_no += 1;
+        let (line, complete) = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(e) => (&bytes[start..start + e], true),
+            None => (&bytes[start..], false),
+        };
+        start += line.len() + 1;
+        if !line.iter().all(|b| b.is_ascii_whitespace()) {
+            return Some((line_no, line, complete));
+        }
+    })
+}
+
 /// Reads every record of one file. A last line without its newline is a torn write: it is
 /// reported as `torn` (and not returned) instead of failing; any other unreadable line is an
 /// error naming the file and line.
 pub fn read_file(path: &Path) -> Result<(Vec<Record>, Option<usize>)> {
     let bytes = std::fs::read(path).map_err(|e| RunError::io(path, e))?;
     let mut out = Vec::new();
-    let mut torn = None;
-    let mut line_no = 0;
-    let mut start = 0;
-    while start < bytes.len() {
-        line_no += 1;
-        let end = bytes[start..].iter().position(|&b| b == b'\n');
-        let (line, complete) = match end {
-            Some(e) => (&bytes[start..start + e], true),
-            None => (&bytes[start..], false),
-        };
-        start += line.len() + 1;
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
+    for (line_no, line, complete) in lines(&bytes) {
         if !complete {
-            // Each record is written with its newline in one write: a last line without
-            // one was cut short, even if what is there happens to parse.
-            torn = Some(line_no);
-            break;
+            return Ok((out, Some(line_no)));
         }
-        match parse_record(line) {
-            Ok(r) => out.push(r),
-            Err(msg) => {
-                return Err(RunError::Line {
-                    path: path.to_path_buf(),
-                    line: line_no,
-                    msg,
-                })
-            }
-        }
+        let r = parse_record(line).map_err(|msg| RunError::Line {
+            path: path.to_path_buf(),
+            line: line_no,
+            msg,
+        })?;
+        out.push(r);
     }
-    Ok((out, torn))
+    Ok((out, None))
 }
 
 /// One line as a record; the error names the field that is wrong.

@@ -2,7 +2,7 @@
 //! finite E4M3 value), stored as one byte per value plus an f16 scale per row.
 //! E4M3 as in Micikevicius et al., "FP8 Formats for Deep Learning" (arXiv:2209.05433).
 
-use super::kernels::{e4m3_axpy_rows, e4m3_dot_rows};
+use super::kernels::{axpy_rows, dot_rows, Format};
 use super::{Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -135,7 +135,7 @@ impl Chunk for Packed {
         self.key_scales.convert_to_f32_slice(&mut sf);
         for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
             let o = &mut out[i * rows..(i + 1) * rows];
-            e4m3_dot_rows(&self.key_codes, 0, dim, q, o);
+            dot_rows(Format::E4m3, &self.key_codes, 0, dim, q, o);
             for (x, s) in o.iter_mut().zip(&sf) {
                 *x *= s;
             }
@@ -151,7 +151,7 @@ impl Chunk for Packed {
             for ((x, &p), s) in a.iter_mut().zip(&ps[i * rows..]).zip(&sf) {
                 *x = p * s;
             }
-            e4m3_axpy_rows(&self.value_codes, 0, dim, &a, o);
+            axpy_rows(Format::E4m3, &self.value_codes, 0, dim, &a, o);
         }
     }
 

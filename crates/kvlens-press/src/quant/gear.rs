@@ -7,7 +7,7 @@
 //! the rest is quantized per token to `bits`; the error of that is approximated by rank
 //! `rank` factors (a few power iterations of a randomized range finder), stored in f16.
 
-use super::kernels::{code_axpy_rows, code_dot_rows};
+use super::kernels::{axpy_rows, dot_rows, Format};
 use super::uniform::quantize_row;
 use super::{dequant_run, pack, unpack, Chunk, Codec};
 use half::f16;
@@ -286,7 +286,7 @@ impl Chunk for Packed {
                 *x = crate::attention::dot_f32(&b[k * dim..(k + 1) * dim], q);
             }
             let o = &mut out[i * rows..(i + 1) * rows];
-            code_dot_rows(&m.codes, self.bits, 0, dim, q, o);
+            dot_rows(Format::Bits(self.bits), &m.codes, 0, dim, q, o);
             for (row, x) in o.iter_mut().enumerate() {
                 let (mn, sc) = params[row];
                 let low: f32 = (0..r).map(|k| a[row * r + k] * bq[k]).sum();
@@ -323,7 +323,7 @@ impl Chunk for Packed {
                     *y += p[row] * a[row * r + k];
                 }
             }
-            code_axpy_rows(&m.codes, self.bits, 0, dim, &w, o);
+            axpy_rows(Format::Bits(self.bits), &m.codes, 0, dim, &w, o);
             for (k, &y) in wk.iter().enumerate() {
                 crate::attention::axpy_f32(o, y, &b[k * dim..(k + 1) * dim]);
             }

@@ -5,7 +5,7 @@
 //! (arXiv:2402.02750). Keys have outlier channels, so each channel gets its own range over
 //! a group of tokens; values are quantized per token. Scales and zero points are f16.
 
-use super::kernels::{code_axpy_rows, code_dot_rows};
+use super::kernels::{axpy_rows, dot_rows, Format};
 use super::{dequant_run, pack, quantize_code, unpack, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -137,9 +137,9 @@ impl Chunk for Packed {
                     base += x * ms[0];
                 }
                 let o = &mut out[i * rows + gi * kg..i * rows + (gi + 1) * kg];
-                code_dot_rows(
+                dot_rows(
+                    Format::Bits(self.bits),
                     &self.key_codes,
-                    self.bits,
                     gi * kg * dim,
                     dim,
                     &qs_scaled,
@@ -170,7 +170,14 @@ impl Chunk for Packed {
                     *x = p[r] * pf[at + 1];
                 }
                 let part = &mut o[d0..d1];
-                code_axpy_rows(&self.value_codes, self.bits, d0, dim, &a, part);
+                axpy_rows(
+                    Format::Bits(self.bits),
+                    &self.value_codes,
+                    d0,
+                    dim,
+                    &a,
+                    part,
+                );
                 for x in part.iter_mut() {
                     *x += offset;
                 }

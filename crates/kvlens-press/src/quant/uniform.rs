@@ -1,7 +1,7 @@
 //! Per-token asymmetric integer quantization (`int8`, `int4`): every row of keys and of
 //! values gets its own minimum and scale (f16), codes of `bits` packed.
 
-use super::kernels::{code_axpy_rows, code_dot_rows};
+use super::kernels::{axpy_rows, dot_rows, Format};
 use super::{dequant_run, pack, quantize_code, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -110,7 +110,7 @@ impl Chunk for Packed {
         for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
             let qsum: f32 = q.iter().sum();
             let o = &mut out[i * rows..(i + 1) * rows];
-            code_dot_rows(&self.key_codes, self.bits, 0, dim, q, o);
+            dot_rows(Format::Bits(self.bits), &self.key_codes, 0, dim, q, o);
             for (x, ms) in o.iter_mut().zip(pf.chunks_exact(2)) {
                 *x = ms[0] * qsum + ms[1] * *x;
             }
@@ -129,7 +129,7 @@ impl Chunk for Packed {
                 offset += p * ms[0];
                 *x = p * ms[1];
             }
-            code_axpy_rows(&self.value_codes, self.bits, 0, dim, &a, o);
+            axpy_rows(Format::Bits(self.bits), &self.value_codes, 0, dim, &a, o);
             for x in o.iter_mut() {
                 *x += offset;
             }
