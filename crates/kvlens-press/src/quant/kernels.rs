@@ -121,14 +121,18 @@ mod avx {
     /// Widest run in blocks of 8 (registers kept in an array).
     pub const MAX_BLOCKS: usize = 32;
 
+    /// The format as a constant, so that each kernel is compiled once per format with the
+    /// choice out of its loops: 0 is E4M3, else the bits of integer codes.
+    const E4M3: u32 = 0;
+
     /// Eight codes from code index `i` (a multiple of 8), as f32. The caller checked that
     /// the run lies inside `codes`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn load8(fmt: Format, codes: &[u8], i: usize) -> __m256 {
+    unsafe fn load8<const K: u32>(codes: &[u8], i: usize) -> __m256 {
         let p = codes.as_ptr();
-        match fmt {
-            Format::E4m3 => {
+        match K {
+            E4M3 => {
                 // Each byte sign-extended to 32 bits and shifted left by 20 puts its sign at
                 // bit 31 and its 7 magnitude bits under the f32 exponent (the mask drops the
                 // sign-extension copies between them); scaling by 2^120 rebiases the
@@ -143,10 +147,10 @@ mod avx {
                     _mm256_set1_ps(f32::from_bits((127 + 120) << 23)),
                 )
             }
-            Format::Bits(8) => _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+            8 => _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
                 p.add(i) as *const __m128i
             ))),
-            Format::Bits(4) => {
+            4 => {
                 let x = u32::from_le((p.add(i / 2) as *const u32).read_unaligned());
                 let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
                 _mm256_cvtepi32_ps(_mm256_and_si256(
@@ -176,9 +180,44 @@ mod avx {
         _mm_cvtss_f32(s)
     }
 
+    /// Calls `$kernel::<K>` with the constant for `$fmt`.
+    macro_rules! by_format {
+        ($fmt:expr, $kernel:ident($($arg:expr),*)) => {
+            match $fmt {
+                Format::E4m3 => $kernel::<E4M3>($($arg),*),
+                Format::Bits(8) => $kernel::<8>($($arg),*),
+                Format::Bits(4) => $kernel::<4>($($arg),*),
+                Format::Bits(_) => $kernel::<2>($($arg),*),
+            }
+        };
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(
         fmt: Format,
+        codes: &[u8],
+        start: usize,
+        stride: usize,
+        w: &[f32],
+        out: &mut [f32],
+    ) {
+        by_format!(fmt, dot_rows_k(codes, start, stride, w, out))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_rows(
+        fmt: Format,
+        codes: &[u8],
+        start: usize,
+        stride: usize,
+        a: &[f32],
+        out: &mut [f32],
+    ) {
+        by_format!(fmt, axpy_rows_k(codes, start, stride, a, out))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_rows_k<const K: u32>(
         codes: &[u8],
         start: usize,
         stride: usize,
@@ -194,15 +233,14 @@ mod avx {
             let base = start + r * stride;
             let mut acc = _mm256_setzero_ps();
             for (b, x) in wv.iter().enumerate().take(blocks) {
-                acc = _mm256_fmadd_ps(*x, load8(fmt, codes, base + 8 * b), acc);
+                acc = _mm256_fmadd_ps(*x, load8::<K>(codes, base + 8 * b), acc);
             }
             *o = hsum(acc);
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy_rows(
-        fmt: Format,
+    unsafe fn axpy_rows_k<const K: u32>(
         codes: &[u8],
         start: usize,
         stride: usize,
@@ -218,7 +256,7 @@ mod avx {
             let av = _mm256_set1_ps(ar);
             let base = start + r * stride;
             for (b, x) in acc.iter_mut().enumerate().take(blocks) {
-                *x = _mm256_fmadd_ps(av, load8(fmt, codes, base + 8 * b), *x);
+                *x = _mm256_fmadd_ps(av, load8::<K>(codes, base + 8 * b), *x);
             }
         }
         for (b, x) in acc.iter().enumerate().take(blocks) {
