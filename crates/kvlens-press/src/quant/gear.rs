@@ -2,16 +2,21 @@
 //! the largest-magnitude entries kept exactly as sparse outliers.
 //!
 //! Kang et al., "GEAR: An Efficient KV Cache Compression Recipe for Near-Lossless Generative
-//! Inference of LLM" (arXiv:2403.05527). Per chunk of tokens and for keys and values apart:
-//! the `outliers` fraction of entries with the largest |x| is stored as (index, f16 value);
-//! the rest is quantized per token to `bits`; the error of that is approximated by rank
-//! `rank` factors (a few power iterations of a randomized range finder), stored in f16.
+//! Inference of LLM" (arXiv:2403.05527). The prompt is compressed at once (in chunks of up to
+//! 1024 tokens at a head width of 64), generated tokens every 64 (the streaming buffer). Per
+//! chunk and for keys and values apart:
+//! the `outliers` fraction of entries with the largest |x| is set aside; the rest is quantized
+//! per token to `bits`; the error of that is approximated by rank `rank` factors (a few power
+//! iterations of a randomized range finder), stored in f16. Each outlier is stored as (index,
+//! f16 correction): its value minus what quantization and the low-rank term give at its
+//! place, so that attention adds it as it is, with no decoding at that place at each step.
 
 use super::kernels::{axpy_rows, dot_rows, Format};
 use super::uniform::quantize_row;
-use super::{dequant_run, pack, unpack, Chunk, Codec};
+use super::{dequant_run, pack, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::cell::RefCell;
 
 pub struct Gear {
     pub bits: u32,
@@ -22,11 +27,16 @@ pub struct Gear {
 
 struct Matrix {
     codes: Vec<u8>,
-    params: Vec<(f16, f16)>,
-    /// (rows, rank) and (rank, dim).
-    a: Vec<f16>,
+    /// Per row: `x ≈ min + scale·code`.
+    mins: Vec<f16>,
+    scales: Vec<f16>,
+    /// The error's factors `A (rows, rank)`, stored transposed as (rank, rows), and `B (rank,
+    /// dim)`: rank by rank, each a contiguous run.
+    at: Vec<f16>,
     b: Vec<f16>,
-    sparse: Vec<(u16, f16)>,
+    /// Outliers by index (`row·dim + d`), and for each its value minus the base value there.
+    outlier_at: Vec<u16>,
+    outlier_delta: Vec<f16>,
 }
 
 struct Packed {
@@ -46,17 +56,14 @@ impl Gear {
         if count > 0 && count < n {
             order.select_nth_unstable_by(count, |&i, &j| x[j].abs().total_cmp(&x[i].abs()));
         }
-        let mut sparse: Vec<(u16, f16)> = order[..count]
-            .iter()
-            .map(|&i| (i as u16, f16::from_f32(x[i])))
-            .collect();
-        sparse.sort_unstable_by_key(|s| s.0);
+        let mut outliers: Vec<usize> = order[..count].to_vec();
+        outliers.sort_unstable();
         let mut rest = x.to_vec();
-        for &(i, _) in &sparse {
-            rest[i as usize] = 0.0;
+        for &i in &outliers {
+            rest[i] = 0.0;
         }
         let mut codes = Vec::with_capacity(n);
-        let mut params = Vec::with_capacity(rows);
+        let (mut mins, mut scales) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         let mut err = vec![0f32; n];
         for (r, row) in rest.chunks_exact(dim).enumerate() {
             let (c, m, s) = quantize_row(row, self.bits);
@@ -64,18 +71,39 @@ impl Gear {
                 err[r * dim + d] = row[d] - (m.to_f32() + s.to_f32() * q as f32);
             }
             codes.extend(c);
-            params.push((m, s));
+            mins.push(m);
+            scales.push(s);
         }
-        for &(i, _) in &sparse {
-            err[i as usize] = 0.0;
+        for &i in &outliers {
+            err[i] = 0.0;
         }
-        let (a, b) = low_rank(&err, rows, dim, self.rank.min(rows).min(dim));
+        let r = self.rank.min(rows).min(dim);
+        let (a, b) = low_rank(&err, rows, dim, r);
+        let at: Vec<f16> = (0..r * rows)
+            .map(|i| f16::from_f32(a[(i % rows) * r + i / rows]))
+            .collect();
+        let b: Vec<f16> = b.into_iter().map(f16::from_f32).collect();
+        // What decoding gives at each outlier's place, from the stored (rounded) parts.
+        let outlier_delta = outliers
+            .iter()
+            .map(|&i| {
+                let (row, d) = (i / dim, i % dim);
+                let c = codes[i] as f32;
+                let low: f32 = (0..r)
+                    .map(|k| at[k * rows + row].to_f32() * b[k * dim + d].to_f32())
+                    .sum();
+                let base = mins[row].to_f32() + scales[row].to_f32() * c + low;
+                f16::from_f32(x[i] - base)
+            })
+            .collect();
         Matrix {
             codes: pack(&codes, self.bits),
-            params,
-            a: a.into_iter().map(f16::from_f32).collect(),
-            b: b.into_iter().map(f16::from_f32).collect(),
-            sparse,
+            mins,
+            scales,
+            at,
+            b,
+            outlier_at: outliers.iter().map(|&i| i as u16).collect(),
+            outlier_delta,
         }
     }
 }
@@ -164,6 +192,13 @@ fn orthonormalize(y: &mut [f32], rows: usize, r: usize) {
 }
 
 impl Codec for Gear {
+    // The prompt is compressed as one matrix per head, as in the paper (up to the rows that
+    // u16 outlier indices reach: 1024 at a head width of 64); generated tokens in chunks of
+    // the streaming buffer.
+    fn prompt_rows(&self, group: usize, dim: usize) -> usize {
+        ((u16::MAX as usize + 1) / dim.max(1)).max(group)
+    }
+
     fn encode(&self, keys: &[f32], values: &[f32], rows: usize, dim: usize) -> Box<dyn Chunk> {
         assert!(
             rows * dim <= u16::MAX as usize + 1,
@@ -180,57 +215,93 @@ impl Codec for Gear {
     }
 }
 
-fn to_f32(x: &[f16]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    x.convert_to_f32_slice(&mut out);
-    out
+thread_local! {
+    /// Per-thread room for a chunk's parameters widened to f32 (no allocation per step).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A matrix's per-row parameters and factors as f32, read from one scratch buffer.
+struct Wide<'a> {
+    mins: &'a [f32],
+    scales: &'a [f32],
+    /// (rank, rows).
+    at: &'a [f32],
+    /// (rank, dim).
+    b: &'a [f32],
+    /// The outliers' corrections.
+    deltas: &'a [f32],
+    /// `rows` free values for the caller.
+    tmp: &'a mut [f32],
+}
+
+/// `(row, d)` of an outlier index `row·dim + d`: a shift and a mask for the usual
+/// power-of-two head widths, a division otherwise.
+fn index_split(dim: usize) -> impl Fn(u16) -> (usize, usize) {
+    let shift = dim.trailing_zeros();
+    let pow2 = dim.is_power_of_two();
+    move |at| {
+        let at = at as usize;
+        if pow2 {
+            (at >> shift, at & (dim - 1))
+        } else {
+            (at / dim, at % dim)
+        }
+    }
+}
+
+impl Matrix {
+    /// Calls `f` with this matrix's parameters widened to f32.
+    fn with_wide<R>(&self, rows: usize, f: impl FnOnce(Wide<'_>) -> R) -> R {
+        SCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let need = 3 * rows + self.at.len() + self.b.len() + self.outlier_delta.len();
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+            let (mins, rest) = buf[..need].split_at_mut(rows);
+            let (scales, rest) = rest.split_at_mut(rows);
+            let (at, rest) = rest.split_at_mut(self.at.len());
+            let (b, rest) = rest.split_at_mut(self.b.len());
+            let (deltas, tmp) = rest.split_at_mut(self.outlier_delta.len());
+            self.mins.convert_to_f32_slice(mins);
+            self.scales.convert_to_f32_slice(scales);
+            self.at.convert_to_f32_slice(at);
+            self.b.convert_to_f32_slice(b);
+            self.outlier_delta.convert_to_f32_slice(deltas);
+            f(Wide {
+                mins,
+                scales,
+                at,
+                b,
+                deltas,
+                tmp,
+            })
+        })
+    }
 }
 
 impl Packed {
-    /// For each outlier, its exact value minus what quantization and the low-rank term give
-    /// at its place (what attention must add there).
-    fn outlier_deltas(&self, m: &Matrix, params: &[(f32, f32)], a: &[f32], b: &[f32]) -> Vec<f32> {
-        m.sparse
-            .iter()
-            .map(|&(at, v)| {
-                let (row, d) = (at as usize / self.dim, at as usize % self.dim);
-                v.to_f32() - self.base(m, params, a, b, row, d)
-            })
-            .collect()
-    }
-
-    /// Entry (row, d) as quantization plus low rank give it (what an outlier replaces).
-    fn base(
-        &self,
-        m: &Matrix,
-        params: &[(f32, f32)],
-        a: &[f32],
-        b: &[f32],
-        row: usize,
-        d: usize,
-    ) -> f32 {
-        let (dim, r) = (self.dim, self.rank);
-        let (mn, sc) = params[row];
-        let c = unpack(&m.codes, self.bits, row * dim + d) as f32;
-        mn + sc * c + (0..r).map(|k| a[row * r + k] * b[k * dim + d]).sum::<f32>()
-    }
-
     fn decode_matrix(&self, m: &Matrix, out: &mut [f32]) {
-        let (dim, r) = (self.dim, self.rank);
-        let a: Vec<f32> = m.a.iter().map(|x| x.to_f32()).collect();
-        let b: Vec<f32> = m.b.iter().map(|x| x.to_f32()).collect();
-        for (row, (mn, s)) in m.params.iter().enumerate() {
-            let o = &mut out[row * dim..(row + 1) * dim];
-            dequant_run(&m.codes, self.bits, row * dim, mn.to_f32(), s.to_f32(), o);
-            for k in 0..r {
-                let ak = a[row * r + k];
-                for (x, bk) in o.iter_mut().zip(&b[k * dim..(k + 1) * dim]) {
-                    *x += ak * bk;
+        let (dim, rows) = (self.dim, self.rows);
+        m.with_wide(rows, |w| {
+            for row in 0..rows {
+                let o = &mut out[row * dim..(row + 1) * dim];
+                dequant_run(
+                    &m.codes,
+                    self.bits,
+                    row * dim,
+                    w.mins[row],
+                    w.scales[row],
+                    o,
+                );
+                for k in 0..self.rank {
+                    let ak = w.at[k * rows + row];
+                    crate::attention::axpy_f32(o, ak, &w.b[k * dim..(k + 1) * dim]);
                 }
             }
-        }
-        for &(i, v) in &m.sparse {
-            out[i as usize] = v.to_f32();
+        });
+        for (&i, delta) in m.outlier_at.iter().zip(&m.outlier_delta) {
+            out[i as usize] += delta.to_f32();
         }
     }
 }
@@ -249,9 +320,9 @@ impl Chunk for Packed {
             .iter()
             .map(|m| {
                 m.codes.len()
-                    + 4 * m.params.len()
-                    + 2 * (m.a.len() + m.b.len())
-                    + 4 * m.sparse.len()
+                    + 2 * (m.mins.len() + m.scales.len())
+                    + 2 * (m.at.len() + m.b.len())
+                    + 4 * m.outlier_at.len()
             })
             .sum()
     }
@@ -261,80 +332,57 @@ impl Chunk for Packed {
         self.decode_matrix(&self.v, values);
     }
 
-    // Decoding the outliers' places is the costly part: one call serves all the query heads
-    // of a key/value head.
-    fn fused(&self) -> bool {
-        false
-    }
-
-    // With k_r = m_r + s_r·c_r + Σ_k a_rk·b_k (and a few entries replaced exactly):
-    // q·k_r = m_r·Σq + s_r·(q·c_r) + Σ_k a_rk·(b_k·q) + Σ_outliers q_d·(x − base_rd).
+    // With k_r = m_r + s_r·c_r + Σ_k a_rk·b_k (plus a correction at each outlier):
+    // q·k_r = m_r·Σq + s_r·(q·c_r) + Σ_k a_rk·(b_k·q) + Σ_outliers q_d·delta.
     fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
         let (dim, rows, r) = (self.dim, self.rows, self.rank);
         let m = &self.k;
-        let (a, b) = (to_f32(&m.a), to_f32(&m.b));
-        let params: Vec<(f32, f32)> = m
-            .params
-            .iter()
-            .map(|(x, y)| (x.to_f32(), y.to_f32()))
-            .collect();
-        let deltas = self.outlier_deltas(m, &params, &a, &b);
-        let mut bq = vec![0f32; r];
-        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
-            let qsum: f32 = q.iter().sum();
-            for (k, x) in bq.iter_mut().enumerate() {
-                *x = crate::attention::dot_f32(&b[k * dim..(k + 1) * dim], q);
+        let split = index_split(dim);
+        m.with_wide(rows, |w| {
+            for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+                let qsum: f32 = q.iter().sum();
+                let o = &mut out[i * rows..(i + 1) * rows];
+                dot_rows(Format::Bits(self.bits), &m.codes, 0, dim, q, o);
+                for ((x, &mn), &sc) in o.iter_mut().zip(w.mins).zip(w.scales) {
+                    *x = mn * qsum + sc * *x;
+                }
+                for k in 0..r {
+                    let bq = crate::attention::dot_f32(&w.b[k * dim..(k + 1) * dim], q);
+                    crate::attention::axpy_f32(o, bq, &w.at[k * rows..(k + 1) * rows]);
+                }
+                for (&at, &delta) in m.outlier_at.iter().zip(w.deltas.iter()) {
+                    let (row, d) = split(at);
+                    o[row] += q[d] * delta;
+                }
             }
-            let o = &mut out[i * rows..(i + 1) * rows];
-            dot_rows(Format::Bits(self.bits), &m.codes, 0, dim, q, o);
-            for (row, x) in o.iter_mut().enumerate() {
-                let (mn, sc) = params[row];
-                let low: f32 = (0..r).map(|k| a[row * r + k] * bq[k]).sum();
-                *x = mn * qsum + sc * *x + low;
-            }
-            for (&(at, _), delta) in m.sparse.iter().zip(&deltas) {
-                let (row, d) = (at as usize / dim, at as usize % dim);
-                o[row] += q[d] * delta;
-            }
-        }
+        })
     }
 
     fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
         let (dim, rows, r) = (self.dim, self.rows, self.rank);
         let m = &self.v;
-        let (a, b) = (to_f32(&m.a), to_f32(&m.b));
-        let params: Vec<(f32, f32)> = m
-            .params
-            .iter()
-            .map(|(x, y)| (x.to_f32(), y.to_f32()))
-            .collect();
-        let deltas = self.outlier_deltas(m, &params, &a, &b);
-        let mut w = vec![0f32; rows];
-        let mut wk = vec![0f32; r];
-        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-            let p = &ps[i * rows..(i + 1) * rows];
-            let mut offset = 0.0;
-            wk.fill(0.0);
-            for (row, x) in w.iter_mut().enumerate() {
-                let (mn, sc) = params[row];
-                offset += p[row] * mn;
-                *x = p[row] * sc;
-                for (k, y) in wk.iter_mut().enumerate() {
-                    *y += p[row] * a[row * r + k];
+        let split = index_split(dim);
+        m.with_wide(rows, |w| {
+            for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
+                let p = &ps[i * rows..(i + 1) * rows];
+                let offset = crate::attention::dot_f32(p, w.mins);
+                for ((x, &pr), &sc) in w.tmp.iter_mut().zip(p).zip(w.scales) {
+                    *x = pr * sc;
+                }
+                axpy_rows(Format::Bits(self.bits), &m.codes, 0, dim, w.tmp, o);
+                for k in 0..r {
+                    let pa = crate::attention::dot_f32(p, &w.at[k * rows..(k + 1) * rows]);
+                    crate::attention::axpy_f32(o, pa, &w.b[k * dim..(k + 1) * dim]);
+                }
+                for x in o.iter_mut() {
+                    *x += offset;
+                }
+                for (&at, &delta) in m.outlier_at.iter().zip(w.deltas.iter()) {
+                    let (row, d) = split(at);
+                    o[d] += p[row] * delta;
                 }
             }
-            axpy_rows(Format::Bits(self.bits), &m.codes, 0, dim, &w, o);
-            for (k, &y) in wk.iter().enumerate() {
-                crate::attention::axpy_f32(o, y, &b[k * dim..(k + 1) * dim]);
-            }
-            for x in o.iter_mut() {
-                *x += offset;
-            }
-            for (&(at, _), delta) in m.sparse.iter().zip(&deltas) {
-                let (row, d) = (at as usize / dim, at as usize % dim);
-                o[d] += p[row] * delta;
-            }
-        }
+        })
     }
 }
 
@@ -390,7 +438,7 @@ mod tests {
         no_rank.decode(&mut rk, &mut rv);
         assert!(err(&k, &dk) < err(&k, &rk) && err(&v, &dv) < err(&v, &rv));
         let outl = (0.01f32 * (n * dim) as f32).round() as usize;
-        let want = 2 * (n * dim * 2 / 8 + 4 * n + 2 * (n * 4 + 4 * dim) + 4 * outl);
+        let want = 2 * (n * dim * 2 / 8 + 4 * n + 2 * (4 * n + 4 * dim) + 4 * outl);
         assert_eq!(c.bytes(), want);
     }
 

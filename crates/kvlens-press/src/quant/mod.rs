@@ -76,6 +76,12 @@ pub trait Codec: Send + Sync {
     fn rows_independent(&self) -> bool {
         false
     }
+
+    /// Rows per chunk when the whole prompt is packed at once (a multiple of `group`; at
+    /// least `group`): `group` unless the method compresses the prompt as one matrix.
+    fn prompt_rows(&self, group: usize, _dim: usize) -> usize {
+        group
+    }
 }
 
 /// Asymmetric uniform quantization of `x` to `bits` with the given min and scale; codes
@@ -173,8 +179,17 @@ impl Method for Quantize {
                 }
                 continue;
             }
-            while store.dense_rows() >= residual + group {
-                store.pack_oldest(group, self.codec.as_ref());
+            let cap = if step == (Step::Prefill { last: true }) {
+                self.codec.prompt_rows(group, store.dim) / group * group
+            } else {
+                group
+            };
+            loop {
+                let ready = store.dense_rows().saturating_sub(residual) / group * group;
+                if ready == 0 {
+                    break;
+                }
+                store.pack_oldest(ready.min(cap.max(group)), self.codec.as_ref());
             }
         }
     }
