@@ -56,84 +56,157 @@ pub fn attend_head(
     }
 }
 
-/// One decode step of the `nq` query heads that share a key/value head holding packed rows:
-/// each packed chunk scores and weights its rows from its codes ([`crate::quant::Chunk::key_dots`],
-/// [`crate::quant::Chunk::add_values`]) instead of being dequantized into an f32 copy of the
-/// whole head first. `qs` is (nq, dim); writes (nq, dim) to `outs`. The rounding follows
-/// [`Prepared::attend`]: with an f16 cache the queries and the probabilities are rounded to
-/// f16.
-pub fn attend_packed(store: &HeadStore, qs: &[f32], nq: usize, scale: f32, outs: &mut [f32]) {
-    let (dim, len) = (store.dim, store.len());
-    let f16 = matches!(store.keys, Rows::F16(_));
-    let qh: Vec<f32> = qs
+/// Rows per piece of a decode step over packed heads.
+const PIECE_ROWS: usize = 256;
+
+/// Where a piece's rows are held.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Chunk(usize),
+    Dense,
+}
+
+/// Rows `rows` of one source of key/value head `g`, at `at` in the head's row order.
+#[derive(Debug, Clone)]
+struct Piece {
+    g: usize,
+    source: Source,
+    rows: std::ops::Range<usize>,
+    at: usize,
+}
+
+/// Every head's rows cut into pieces of at most [`PIECE_ROWS`] (packed chunks on their
+/// [`crate::quant::Chunk::align`] boundaries), in row order.
+fn pieces(stores: &[HeadStore]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for (g, s) in stores.iter().enumerate() {
+        let mut at = 0;
+        let mut cut = |source: Source, n: usize, step: usize, at: usize| {
+            let mut r = 0;
+            while r < n {
+                let e = (r + step).min(n);
+                out.push(Piece {
+                    g,
+                    source,
+                    rows: r..e,
+                    at: at + r,
+                });
+                r = e;
+            }
+        };
+        for (ci, c) in s.packed.iter().enumerate() {
+            let align = c.align().max(1);
+            cut(
+                Source::Chunk(ci),
+                c.rows(),
+                (PIECE_ROWS / align).max(1) * align,
+                at,
+            );
+            at += c.rows();
+        }
+        cut(Source::Dense, s.len() - at, PIECE_ROWS, at);
+    }
+    out
+}
+
+/// One decode step of every query head over key/value heads that hold packed rows. `q` is
+/// (heads, dim), query head `h` reading `stores[h / group]`; writes (heads, dim) to `out`.
+///
+/// The query heads that share a key/value head are served together: each packed chunk scores
+/// and weights its rows from its codes for all of them at once ([`crate::quant::Chunk::key_dots`],
+/// [`crate::quant::Chunk::add_values`]), so its codes are read and widened once per step, not
+/// once per query head and not into an f32 copy of the head. The work is cut into pieces of
+/// rows (scores, then the softmax per query head, then the weighted values summed over the
+/// pieces in row order) so that every core has some whatever the number of key/value heads.
+/// The rounding follows [`Prepared::attend`]: with an f16 cache the queries and the
+/// probabilities are rounded to f16.
+pub fn attend_packed(stores: &[HeadStore], q: &[f32], group: usize, scale: f32, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let Some(first) = stores.first() else {
+        return;
+    };
+    let dim = first.dim;
+    let f16 = matches!(first.keys, Rows::F16(_));
+    let qh: Vec<f32> = q
         .iter()
         .map(|&x| if f16 { f16::from_f32(x).to_f32() } else { x })
         .collect();
-    let mut scores = vec![0f32; nq * len];
-    let mut part = Vec::new();
-    let mut at = 0;
-    for c in &store.packed {
-        let rows = c.rows();
-        part.clear();
-        part.resize(nq * rows, 0.0);
-        c.key_dots(&qh, nq, &mut part);
-        for i in 0..nq {
-            scores[i * len + at..i * len + at + rows]
-                .copy_from_slice(&part[i * rows..(i + 1) * rows]);
-        }
-        at += rows;
-    }
-    let dense = len - at;
-    for i in 0..nq {
-        let q = &qh[i * dim..(i + 1) * dim];
-        let row = &mut scores[i * len + at..(i + 1) * len];
-        match &store.keys {
-            Rows::F16(k) => {
-                for (j, x) in row.iter_mut().enumerate().take(dense) {
-                    *x = dot_f16(q, &k[j * dim..(j + 1) * dim]);
+    let pieces = pieces(stores);
+    let scores: Vec<Vec<f32>> = pieces
+        .par_iter()
+        .map(|p| {
+            let s = &stores[p.g];
+            let qs = &qh[p.g * group * dim..(p.g + 1) * group * dim];
+            let n = p.rows.len();
+            let mut o = vec![0f32; group * n];
+            match p.source {
+                Source::Chunk(ci) => s.packed[ci].key_dots(qs, group, p.rows.clone(), &mut o),
+                Source::Dense => {
+                    for (q, o) in qs.chunks_exact(dim).zip(o.chunks_exact_mut(n)) {
+                        for (x, r) in o.iter_mut().zip(p.rows.clone()) {
+                            *x = match &s.keys {
+                                Rows::F16(k) => dot_f16(q, &k[r * dim..(r + 1) * dim]),
+                                Rows::F32(k) => dot_f32(q, &k[r * dim..(r + 1) * dim]),
+                            };
+                        }
+                    }
                 }
             }
-            Rows::F32(k) => {
-                for (j, x) in row.iter_mut().enumerate().take(dense) {
-                    *x = dot_f32(q, &k[j * dim..(j + 1) * dim]);
+            o
+        })
+        .collect();
+    let probs: Vec<Vec<f32>> = (0..stores.len() * group)
+        .into_par_iter()
+        .map(|h| {
+            let (g, i) = (h / group, h % group);
+            let mut row = vec![0f32; stores[g].len()];
+            for (p, sc) in pieces.iter().zip(&scores).filter(|(p, _)| p.g == g) {
+                let n = p.rows.len();
+                row[p.at..p.at + n].copy_from_slice(&sc[i * n..(i + 1) * n]);
+            }
+            for x in row.iter_mut() {
+                *x *= scale;
+            }
+            softmax_in_place(&mut row);
+            if f16 {
+                for x in row.iter_mut() {
+                    *x = f16::from_f32(*x).to_f32();
                 }
             }
-        }
-        let probs = &mut scores[i * len..(i + 1) * len];
-        for p in probs.iter_mut() {
-            *p *= scale;
-        }
-        softmax_in_place(probs);
-        if f16 {
-            for p in probs.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
+            row
+        })
+        .collect();
+    let partials: Vec<Vec<f32>> = pieces
+        .par_iter()
+        .map(|p| {
+            let s = &stores[p.g];
+            let n = p.rows.len();
+            let mut ps = vec![0f32; group * n];
+            for (i, x) in ps.chunks_exact_mut(n).enumerate() {
+                x.copy_from_slice(&probs[p.g * group + i][p.at..p.at + n]);
             }
-        }
-    }
-    outs.fill(0.0);
-    at = 0;
-    for c in &store.packed {
-        let rows = c.rows();
-        part.clear();
-        for i in 0..nq {
-            part.extend_from_slice(&scores[i * len + at..i * len + at + rows]);
-        }
-        c.add_values(&part, nq, outs);
-        at += rows;
-    }
-    for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-        let probs = &scores[i * len + at..(i + 1) * len];
-        match &store.values {
-            Rows::F16(v) => {
-                for (j, &p) in probs.iter().enumerate() {
-                    axpy_f16(o, p, &v[j * dim..(j + 1) * dim]);
+            let mut o = vec![0f32; group * dim];
+            match p.source {
+                Source::Chunk(ci) => s.packed[ci].add_values(&ps, group, p.rows.clone(), &mut o),
+                Source::Dense => {
+                    for (o, ps) in o.chunks_exact_mut(dim).zip(ps.chunks_exact(n)) {
+                        for (&w, r) in ps.iter().zip(p.rows.clone()) {
+                            match &s.values {
+                                Rows::F16(v) => axpy_f16(o, w, &v[r * dim..(r + 1) * dim]),
+                                Rows::F32(v) => axpy_f32(o, w, &v[r * dim..(r + 1) * dim]),
+                            }
+                        }
+                    }
                 }
             }
-            Rows::F32(v) => {
-                for (j, &p) in probs.iter().enumerate() {
-                    axpy_f32(o, p, &v[j * dim..(j + 1) * dim]);
-                }
-            }
+            o
+        })
+        .collect();
+    out.fill(0.0);
+    for (p, part) in pieces.iter().zip(&partials) {
+        let o = &mut out[p.g * group * dim..(p.g + 1) * group * dim];
+        for (x, y) in o.iter_mut().zip(part) {
+            *x += y;
         }
     }
 }
@@ -559,7 +632,7 @@ mod tests {
 
     #[test]
     fn fused_packed_attention_equals_attending_the_dequantized_head() {
-        use crate::quant::{fp8::Fp8, kivi::Kivi, uniform::PerToken, Codec};
+        use crate::quant::{fp8::Fp8, gear::Gear, kivi::Kivi, uniform::PerToken, Codec};
         let dim = 64;
         let rows = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
@@ -568,39 +641,49 @@ mod tests {
                 })
                 .collect()
         };
+        let gear = Gear {
+            bits: 4,
+            rank: 2,
+            outliers: 0.02,
+        };
         let codecs: Vec<(Box<dyn Codec>, usize)> = vec![
             (Box::new(Kivi { bits: 2, group: 32 }), 32),
             (Box::new(PerToken { bits: 8 }), 1),
             (Box::new(PerToken { bits: 4 }), 1),
             (Box::new(Fp8), 1),
+            (Box::new(gear), 64),
         ];
+        // 600 rows: 512 packed (pieces of 256 rows), 88 dense.
+        let (total, packed) = (600, 512);
         for dtype in [KvDtype::F16, KvDtype::F32] {
             for (codec, group) in &codecs {
-                let mut s = HeadStore::new(dtype, dim, 100);
-                let (k, v) = (rows(100 * dim, 1), rows(100 * dim, 2));
-                for t in 0..100 {
+                let mut s = HeadStore::new(dtype, dim, total);
+                let (k, v) = (rows(total * dim, 1), rows(total * dim, 2));
+                for t in 0..total {
                     s.push(
                         t as u32,
                         &k[t * dim..(t + 1) * dim],
                         &v[t * dim..(t + 1) * dim],
                     );
                 }
-                // 64 rows packed, 36 dense.
-                for _ in 0..64 / group {
+                for _ in 0..packed / group {
                     s.pack_oldest(*group, codec.as_ref());
                 }
-                assert_eq!(s.packed_rows, 64);
-                // Chunks grow in place: per-token codecs row by row, KIVI group by group.
-                assert_eq!(s.packed.len(), 1);
+                assert_eq!(s.packed_rows, packed);
+                // Chunks grow in place: per-token codecs row by row, KIVI group by group;
+                // GEAR keeps a chunk per 64 rows.
+                let chunks = if *group == 64 { packed / 64 } else { 1 };
+                assert_eq!(s.packed.len(), chunks);
+                assert!(pieces(std::slice::from_ref(&s)).len() >= 3);
                 let qs = rows(3 * dim, 3);
                 let mut fused = vec![0f32; 3 * dim];
-                attend_packed(&s, &qs, 3, 0.125, &mut fused);
+                attend_packed(std::slice::from_ref(&s), &qs, 3, 0.125, &mut fused);
                 let prepared = Prepared::new(&s, false);
                 for i in 0..3 {
                     let mut want = vec![0f32; dim];
                     let mut probs = Vec::new();
                     prepared.attend(
-                        100,
+                        total,
                         &qs[i * dim..(i + 1) * dim],
                         0.125,
                         &mut want,

@@ -312,19 +312,13 @@ impl KvCache {
         // A decode step over packed rows: each key/value head's chunks are read in place
         // (fused dequantize-and-dot) for all its query heads at once.
         if n == 1 && packed && !needs.accumulate && window == 0 {
-            // One task per query head when the chunks read their codes in place (they do so
-            // once per query anyway, and more tasks keep every core busy); one per key/value
-            // head when they decode, so that each chunk is decoded once for its queries.
-            let fused = stores.iter().all(|s| s.packed.iter().all(|c| c.fused()));
-            let per = if fused { 1 } else { group };
-            out[..n_heads * dim]
-                .par_chunks_mut(per * dim)
-                .enumerate()
-                .for_each(|(t, o)| {
-                    let h = t * per;
-                    let qs = &q[h * dim..(h + per) * dim];
-                    attend_packed(&stores[h / group], qs, per, scale, o)
-                });
+            attend_packed(
+                stores,
+                &q[..n_heads * dim],
+                group,
+                scale,
+                &mut out[..n_heads * dim],
+            );
             self.compress_layer(layer);
             return;
         }

@@ -2,10 +2,11 @@
 //! finite E4M3 value), stored as one byte per value plus an f16 scale per row.
 //! E4M3 as in Micikevicius et al., "FP8 Formats for Deep Learning" (arXiv:2209.05433).
 
-use super::kernels::{axpy_rows, dot_rows, Format};
+use super::kernels::{axpy_rows, dot_rows, Format, Run};
 use super::{Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 const E4M3_MAX: f32 = 448.0;
@@ -129,30 +130,31 @@ impl Chunk for Packed {
         true
     }
 
-    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        let (dim, rows) = (self.dim, self.rows);
-        let mut sf = vec![0f32; rows];
-        self.key_scales.convert_to_f32_slice(&mut sf);
-        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
-            let o = &mut out[i * rows..(i + 1) * rows];
-            dot_rows(Format::E4m3, &self.key_codes, 0, dim, q, o);
+    fn key_dots(&self, qs: &[f32], nq: usize, rows: Range<usize>, out: &mut [f32]) {
+        let (dim, n) = (self.dim, rows.len());
+        let mut sf = vec![0f32; n];
+        self.key_scales[rows.clone()].convert_to_f32_slice(&mut sf);
+        let run = Run::rows(rows.start, n, dim);
+        dot_rows(Format::E4m3, &self.key_codes, run, &qs[..nq * dim], out);
+        for o in out.chunks_exact_mut(n).take(nq) {
             for (x, s) in o.iter_mut().zip(&sf) {
                 *x *= s;
             }
         }
     }
 
-    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let (dim, rows) = (self.dim, self.rows);
-        let mut a = vec![0f32; rows];
-        let mut sf = vec![0f32; rows];
-        self.value_scales.convert_to_f32_slice(&mut sf);
-        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-            for ((x, &p), s) in a.iter_mut().zip(&ps[i * rows..]).zip(&sf) {
+    fn add_values(&self, ps: &[f32], nq: usize, rows: Range<usize>, outs: &mut [f32]) {
+        let (dim, n) = (self.dim, rows.len());
+        let mut sf = vec![0f32; n];
+        self.value_scales[rows.clone()].convert_to_f32_slice(&mut sf);
+        let mut a = vec![0f32; nq * n];
+        for (x, p) in a.chunks_exact_mut(n).zip(ps.chunks_exact(n)) {
+            for ((x, &p), s) in x.iter_mut().zip(p).zip(&sf) {
                 *x = p * s;
             }
-            axpy_rows(Format::E4m3, &self.value_codes, 0, dim, &a, o);
         }
+        let run = Run::rows(rows.start, n, dim);
+        axpy_rows(Format::E4m3, &self.value_codes, run, &a, outs, dim);
     }
 
     fn decode(&self, keys: &mut [f32], values: &mut [f32]) {

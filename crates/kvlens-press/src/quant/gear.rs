@@ -11,12 +11,13 @@
 //! f16 correction): its value minus what quantization and the low-rank term give at its
 //! place, so that attention adds it as it is, with no decoding at that place at each step.
 
-use super::kernels::{axpy_rows, dot_rows, Format};
+use super::kernels::{axpy_rows, dot_rows, Format, Run};
 use super::uniform::quantize_row;
 use super::{dequant_run, pack, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
+use std::ops::Range;
 
 pub struct Gear {
     pub bits: u32,
@@ -220,17 +221,19 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A matrix's per-row parameters and factors as f32, read from one scratch buffer.
+/// A piece of a matrix (rows `lo..lo + n`) with its parameters and factors as f32, read from
+/// one scratch buffer.
 struct Wide<'a> {
     mins: &'a [f32],
     scales: &'a [f32],
-    /// (rank, rows).
+    /// (rank, n).
     at: &'a [f32],
     /// (rank, dim).
     b: &'a [f32],
-    /// The outliers' corrections.
+    /// The outliers in the piece: indices into the chunk, and their corrections.
+    outlier_at: &'a [u16],
     deltas: &'a [f32],
-    /// `rows` free values for the caller.
+    /// `nq·n` free values for the caller.
     tmp: &'a mut [f32],
 }
 
@@ -250,29 +253,48 @@ fn index_split(dim: usize) -> impl Fn(u16) -> (usize, usize) {
 }
 
 impl Matrix {
-    /// Calls `f` with this matrix's parameters widened to f32.
-    fn with_wide<R>(&self, rows: usize, f: impl FnOnce(Wide<'_>) -> R) -> R {
+    /// Calls `f` with rows `rows` of this matrix (of `total` rows, `dim` wide) widened to
+    /// f32, and room for `nq` queries' worth of row values.
+    fn with_wide<R>(
+        &self,
+        total: usize,
+        dim: usize,
+        rows: Range<usize>,
+        nq: usize,
+        f: impl FnOnce(Wide<'_>) -> R,
+    ) -> R {
+        let n = rows.len();
+        let rank = self.at.len() / total.max(1);
+        let lo = self
+            .outlier_at
+            .partition_point(|&i| (i as usize) < rows.start * dim);
+        let hi = self
+            .outlier_at
+            .partition_point(|&i| (i as usize) < rows.end * dim);
         SCRATCH.with(|cell| {
             let mut buf = cell.borrow_mut();
-            let need = 3 * rows + self.at.len() + self.b.len() + self.outlier_delta.len();
+            let need = 2 * n + rank * n + self.b.len() + (hi - lo) + nq * n;
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
-            let (mins, rest) = buf[..need].split_at_mut(rows);
-            let (scales, rest) = rest.split_at_mut(rows);
-            let (at, rest) = rest.split_at_mut(self.at.len());
+            let (mins, rest) = buf[..need].split_at_mut(n);
+            let (scales, rest) = rest.split_at_mut(n);
+            let (at, rest) = rest.split_at_mut(rank * n);
             let (b, rest) = rest.split_at_mut(self.b.len());
-            let (deltas, tmp) = rest.split_at_mut(self.outlier_delta.len());
-            self.mins.convert_to_f32_slice(mins);
-            self.scales.convert_to_f32_slice(scales);
-            self.at.convert_to_f32_slice(at);
+            let (deltas, tmp) = rest.split_at_mut(hi - lo);
+            self.mins[rows.clone()].convert_to_f32_slice(mins);
+            self.scales[rows.clone()].convert_to_f32_slice(scales);
+            for (k, a) in at.chunks_exact_mut(n.max(1)).enumerate().take(rank) {
+                self.at[k * total + rows.start..k * total + rows.end].convert_to_f32_slice(a);
+            }
             self.b.convert_to_f32_slice(b);
-            self.outlier_delta.convert_to_f32_slice(deltas);
+            self.outlier_delta[lo..hi].convert_to_f32_slice(deltas);
             f(Wide {
                 mins,
                 scales,
                 at,
                 b,
+                outlier_at: &self.outlier_at[lo..hi],
                 deltas,
                 tmp,
             })
@@ -283,7 +305,7 @@ impl Matrix {
 impl Packed {
     fn decode_matrix(&self, m: &Matrix, out: &mut [f32]) {
         let (dim, rows) = (self.dim, self.rows);
-        m.with_wide(rows, |w| {
+        m.with_wide(rows, dim, 0..rows, 0, |w| {
             for row in 0..rows {
                 let o = &mut out[row * dim..(row + 1) * dim];
                 dequant_run(
@@ -334,52 +356,58 @@ impl Chunk for Packed {
 
     // With k_r = m_r + s_r·c_r + Σ_k a_rk·b_k (plus a correction at each outlier):
     // q·k_r = m_r·Σq + s_r·(q·c_r) + Σ_k a_rk·(b_k·q) + Σ_outliers q_d·delta.
-    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        let (dim, rows, r) = (self.dim, self.rows, self.rank);
+    fn key_dots(&self, qs: &[f32], nq: usize, rows: Range<usize>, out: &mut [f32]) {
+        let (dim, r, n, lo) = (self.dim, self.rank, rows.len(), rows.start);
         let m = &self.k;
         let split = index_split(dim);
-        m.with_wide(rows, |w| {
-            for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+        m.with_wide(self.rows, dim, rows, 0, |w| {
+            let run = Run::rows(lo, n, dim);
+            dot_rows(Format::Bits(self.bits), &m.codes, run, &qs[..nq * dim], out);
+            for (q, o) in qs.chunks_exact(dim).zip(out.chunks_exact_mut(n)).take(nq) {
                 let qsum: f32 = q.iter().sum();
-                let o = &mut out[i * rows..(i + 1) * rows];
-                dot_rows(Format::Bits(self.bits), &m.codes, 0, dim, q, o);
                 for ((x, &mn), &sc) in o.iter_mut().zip(w.mins).zip(w.scales) {
                     *x = mn * qsum + sc * *x;
                 }
                 for k in 0..r {
                     let bq = crate::attention::dot_f32(&w.b[k * dim..(k + 1) * dim], q);
-                    crate::attention::axpy_f32(o, bq, &w.at[k * rows..(k + 1) * rows]);
+                    crate::attention::axpy_f32(o, bq, &w.at[k * n..(k + 1) * n]);
                 }
-                for (&at, &delta) in m.outlier_at.iter().zip(w.deltas.iter()) {
-                    let (row, d) = split(at);
-                    o[row] += q[d] * delta;
+            }
+            for (&at, &delta) in w.outlier_at.iter().zip(w.deltas) {
+                let (row, d) = split(at);
+                for i in 0..nq {
+                    out[i * n + row - lo] += qs[i * dim + d] * delta;
                 }
             }
         })
     }
 
-    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let (dim, rows, r) = (self.dim, self.rows, self.rank);
+    fn add_values(&self, ps: &[f32], nq: usize, rows: Range<usize>, outs: &mut [f32]) {
+        let (dim, r, n, lo) = (self.dim, self.rank, rows.len(), rows.start);
         let m = &self.v;
         let split = index_split(dim);
-        m.with_wide(rows, |w| {
-            for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-                let p = &ps[i * rows..(i + 1) * rows];
-                let offset = crate::attention::dot_f32(p, w.mins);
-                for ((x, &pr), &sc) in w.tmp.iter_mut().zip(p).zip(w.scales) {
+        m.with_wide(self.rows, dim, rows, nq, |w| {
+            for (x, p) in w.tmp.chunks_exact_mut(n).zip(ps.chunks_exact(n)) {
+                for ((x, &pr), &sc) in x.iter_mut().zip(p).zip(w.scales) {
                     *x = pr * sc;
                 }
-                axpy_rows(Format::Bits(self.bits), &m.codes, 0, dim, w.tmp, o);
+            }
+            let run = Run::rows(lo, n, dim);
+            axpy_rows(Format::Bits(self.bits), &m.codes, run, w.tmp, outs, dim);
+            for (p, o) in ps.chunks_exact(n).zip(outs.chunks_exact_mut(dim)).take(nq) {
+                let offset = crate::attention::dot_f32(p, w.mins);
                 for k in 0..r {
-                    let pa = crate::attention::dot_f32(p, &w.at[k * rows..(k + 1) * rows]);
+                    let pa = crate::attention::dot_f32(p, &w.at[k * n..(k + 1) * n]);
                     crate::attention::axpy_f32(o, pa, &w.b[k * dim..(k + 1) * dim]);
                 }
                 for x in o.iter_mut() {
                     *x += offset;
                 }
-                for (&at, &delta) in m.outlier_at.iter().zip(w.deltas.iter()) {
-                    let (row, d) = split(at);
-                    o[d] += p[row] * delta;
+            }
+            for (&at, &delta) in w.outlier_at.iter().zip(w.deltas) {
+                let (row, d) = split(at);
+                for i in 0..nq {
+                    outs[i * dim + d] += ps[i * n + row - lo] * delta;
                 }
             }
         })

@@ -40,86 +40,112 @@ impl Format {
             && start.is_multiple_of(8)
             && stride.is_multiple_of(8)
             && width.is_multiple_of(8)
-            && width <= 8 * avx::MAX_BLOCKS
             && crate::attention::has_avx2_fma_f16c()
     }
 }
 
-/// `out[r] = Σ_d w[d] · code(start + r·stride + d)` for every row `r < out.len()`, over
-/// `d < w.len()`: one query against many packed rows.
-pub fn dot_rows(
-    fmt: Format,
-    codes: &[u8],
-    start: usize,
-    stride: usize,
-    w: &[f32],
-    out: &mut [f32],
-) {
-    let Some(last) = out.len().checked_sub(1) else {
-        return;
-    };
-    assert!(
-        fmt.bytes_for(start + last * stride + w.len()) <= codes.len(),
-        "a packed run past its buffer"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if fmt.simd(start, stride, w.len()) {
-            // SAFETY: features detected; alignment, widths and bounds checked above.
-            unsafe { avx::dot_rows(fmt, codes, start, stride, w, out) };
-            return;
+/// A run of packed rows: `rows` rows of `width` codes, row `r` starting at code index
+/// `start + r·stride`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: usize,
+    pub stride: usize,
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl Run {
+    /// `rows` whole rows of `dim` codes from row `first` of a chunk stored row by row.
+    pub fn rows(first: usize, rows: usize, dim: usize) -> Self {
+        Run {
+            start: first * dim,
+            stride: dim,
+            rows,
+            width: dim,
         }
     }
-    for (r, o) in out.iter_mut().enumerate() {
-        let base = start + r * stride;
-        *o = w
-            .iter()
-            .enumerate()
-            .map(|(d, &x)| x * fmt.get(codes, base + d))
-            .sum();
+
+    fn check(&self, fmt: Format, codes: &[u8]) {
+        if self.rows > 0 {
+            assert!(
+                fmt.bytes_for(self.start + (self.rows - 1) * self.stride + self.width)
+                    <= codes.len(),
+                "a packed run past its buffer"
+            );
+        }
     }
 }
 
-/// `out[d] += Σ_r a[r] · code(start + r·stride + d)` over rows `r < a.len()` and
-/// `d < out.len()`: many packed rows weighted into one output.
-pub fn axpy_rows(
-    fmt: Format,
-    codes: &[u8],
-    start: usize,
-    stride: usize,
-    a: &[f32],
-    out: &mut [f32],
-) {
-    let Some(last) = a.len().checked_sub(1) else {
-        return;
-    };
-    assert!(
-        fmt.bytes_for(start + last * stride + out.len()) <= codes.len(),
-        "a packed run past its buffer"
-    );
+/// `out[i·rows + r] = Σ_d w[i·width + d] · code(start + r·stride + d)` for the queries
+/// `i < w.len() / width` against every row `r` of `run`: each row's codes are widened once for
+/// all the queries (the query heads that share a key/value head).
+pub fn dot_rows(fmt: Format, codes: &[u8], run: Run, w: &[f32], out: &mut [f32]) {
+    run.check(fmt, codes);
+    let nq = w.len() / run.width.max(1);
+    assert!(out.len() >= nq * run.rows, "dot_rows: output too short");
     #[cfg(target_arch = "x86_64")]
     {
-        if fmt.simd(start, stride, out.len()) {
-            // SAFETY: as in `dot_rows`.
-            unsafe { avx::axpy_rows(fmt, codes, start, stride, a, out) };
+        if fmt.simd(run.start, run.stride, run.width) {
+            // SAFETY: features detected; alignment, widths and bounds checked above.
+            unsafe { avx::dot_rows(fmt, codes, run, w, nq, out) };
             return;
         }
     }
-    for (r, &x) in a.iter().enumerate() {
-        let base = start + r * stride;
-        for (d, o) in out.iter_mut().enumerate() {
-            *o += x * fmt.get(codes, base + d);
+    for i in 0..nq {
+        let q = &w[i * run.width..(i + 1) * run.width];
+        for (r, o) in out[i * run.rows..(i + 1) * run.rows].iter_mut().enumerate() {
+            let base = run.start + r * run.stride;
+            *o = q
+                .iter()
+                .enumerate()
+                .map(|(d, &x)| x * fmt.get(codes, base + d))
+                .sum();
+        }
+    }
+}
+
+/// `out[i·ostride + d] += Σ_r a[i·rows + r] · code(start + r·stride + d)` for the queries
+/// `i < a.len() / rows` and `d < width`: many packed rows weighted into one output per query,
+/// each row's codes widened once for all of them.
+pub fn axpy_rows(fmt: Format, codes: &[u8], run: Run, a: &[f32], out: &mut [f32], ostride: usize) {
+    if run.rows == 0 {
+        return;
+    }
+    run.check(fmt, codes);
+    let nq = a.len() / run.rows;
+    if nq == 0 {
+        return;
+    }
+    assert!(
+        out.len() >= (nq - 1) * ostride + run.width,
+        "axpy_rows: output too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if fmt.simd(run.start, run.stride, run.width) {
+            // SAFETY: as in `dot_rows`.
+            unsafe { avx::axpy_rows(fmt, codes, run, a, nq, out, ostride) };
+            return;
+        }
+    }
+    for i in 0..nq {
+        let o = &mut out[i * ostride..i * ostride + run.width];
+        for (r, &x) in a[i * run.rows..(i + 1) * run.rows].iter().enumerate() {
+            let base = run.start + r * run.stride;
+            for (d, o) in o.iter_mut().enumerate() {
+                *o += x * fmt.get(codes, base + d);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::Format;
+    use super::{Format, Run};
     use std::arch::x86_64::*;
 
-    /// Widest run in blocks of 8 (registers kept in an array).
-    pub const MAX_BLOCKS: usize = 32;
+    /// Rows weighted per pass over an output block (their codes stay in L1 between blocks).
+    const TILE: usize = 32;
 
     /// The format as a constant, so that each kernel is compiled once per format with the
     /// choice out of its loops: 0 is E4M3, else the bits of integer codes.
@@ -196,71 +222,124 @@ mod avx {
     pub unsafe fn dot_rows(
         fmt: Format,
         codes: &[u8],
-        start: usize,
-        stride: usize,
+        run: Run,
         w: &[f32],
+        nq: usize,
         out: &mut [f32],
     ) {
-        by_format!(fmt, dot_rows_k(codes, start, stride, w, out))
+        by_format!(fmt, dot_rows_q(codes, run, w, nq, out))
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_rows(
         fmt: Format,
         codes: &[u8],
-        start: usize,
-        stride: usize,
+        run: Run,
         a: &[f32],
+        nq: usize,
+        out: &mut [f32],
+        ostride: usize,
+    ) {
+        by_format!(fmt, axpy_rows_q(codes, run, a, nq, out, ostride))
+    }
+
+    /// Queries in groups of up to four, each group compiled for its size.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_rows_q<const K: u32>(
+        codes: &[u8],
+        run: Run,
+        w: &[f32],
+        nq: usize,
         out: &mut [f32],
     ) {
-        by_format!(fmt, axpy_rows_k(codes, start, stride, a, out))
+        let mut i = 0;
+        while i < nq {
+            let (w, out) = (&w[i * run.width..], &mut out[i * run.rows..]);
+            match nq - i {
+                1 => dot_rows_k::<K, 1>(codes, run, w, out),
+                2 => dot_rows_k::<K, 2>(codes, run, w, out),
+                3 => dot_rows_k::<K, 3>(codes, run, w, out),
+                _ => dot_rows_k::<K, 4>(codes, run, w, out),
+            }
+            i += 4;
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows_k<const K: u32>(
+    unsafe fn axpy_rows_q<const K: u32>(
         codes: &[u8],
-        start: usize,
-        stride: usize,
+        run: Run,
+        a: &[f32],
+        nq: usize,
+        out: &mut [f32],
+        ostride: usize,
+    ) {
+        let mut i = 0;
+        while i < nq {
+            let (a, out) = (&a[i * run.rows..], &mut out[i * ostride..]);
+            match nq - i {
+                1 => axpy_rows_k::<K, 1>(codes, run, a, out, ostride),
+                2 => axpy_rows_k::<K, 2>(codes, run, a, out, ostride),
+                3 => axpy_rows_k::<K, 3>(codes, run, a, out, ostride),
+                _ => axpy_rows_k::<K, 4>(codes, run, a, out, ostride),
+            }
+            i += 4;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_rows_k<const K: u32, const NQ: usize>(
+        codes: &[u8],
+        run: Run,
         w: &[f32],
         out: &mut [f32],
     ) {
-        let blocks = w.len() / 8;
-        let mut wv = [_mm256_setzero_ps(); MAX_BLOCKS];
-        for (b, x) in wv.iter_mut().enumerate().take(blocks) {
-            *x = _mm256_loadu_ps(w.as_ptr().add(8 * b));
-        }
-        for (r, o) in out.iter_mut().enumerate() {
-            let base = start + r * stride;
-            let mut acc = _mm256_setzero_ps();
-            for (b, x) in wv.iter().enumerate().take(blocks) {
-                acc = _mm256_fmadd_ps(*x, load8::<K>(codes, base + 8 * b), acc);
+        let (blocks, width, rows) = (run.width / 8, run.width, run.rows);
+        let wp = w.as_ptr();
+        for r in 0..rows {
+            let base = run.start + r * run.stride;
+            let mut acc = [_mm256_setzero_ps(); NQ];
+            for b in 0..blocks {
+                let x = load8::<K>(codes, base + 8 * b);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i * width + 8 * b)), x, *a);
+                }
             }
-            *o = hsum(acc);
+            for (i, a) in acc.iter().enumerate() {
+                out[i * rows + r] = hsum(*a);
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn axpy_rows_k<const K: u32>(
+    unsafe fn axpy_rows_k<const K: u32, const NQ: usize>(
         codes: &[u8],
-        start: usize,
-        stride: usize,
+        run: Run,
         a: &[f32],
         out: &mut [f32],
+        ostride: usize,
     ) {
-        let blocks = out.len() / 8;
-        let mut acc = [_mm256_setzero_ps(); MAX_BLOCKS];
-        for (b, x) in acc.iter_mut().enumerate().take(blocks) {
-            *x = _mm256_loadu_ps(out.as_ptr().add(8 * b));
-        }
-        for (r, &ar) in a.iter().enumerate() {
-            let av = _mm256_set1_ps(ar);
-            let base = start + r * stride;
-            for (b, x) in acc.iter_mut().enumerate().take(blocks) {
-                *x = _mm256_fmadd_ps(av, load8::<K>(codes, base + 8 * b), *x);
+        let (blocks, rows) = (run.width / 8, run.rows);
+        let op = out.as_mut_ptr();
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + TILE).min(rows);
+            for b in 0..blocks {
+                let mut acc = [_mm256_setzero_ps(); NQ];
+                for (i, x) in acc.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(op.add(i * ostride + 8 * b));
+                }
+                for r in r0..r1 {
+                    let x = load8::<K>(codes, run.start + r * run.stride + 8 * b);
+                    for (i, y) in acc.iter_mut().enumerate() {
+                        *y = _mm256_fmadd_ps(_mm256_set1_ps(a[i * rows + r]), x, *y);
+                    }
+                }
+                for (i, x) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(i * ostride + 8 * b), *x);
+                }
             }
-        }
-        for (b, x) in acc.iter().enumerate().take(blocks) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * b), *x);
+            r0 = r1;
         }
     }
 }
@@ -274,28 +353,54 @@ mod tests {
         (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
     }
 
-    /// Both kernels against sums over single codes, on aligned windows (the AVX2 path where
-    /// the CPU has it) and unaligned ones (the scalar path).
+    /// Both kernels against sums over single codes, for one to five queries at once, on
+    /// aligned windows (the AVX2 path where the CPU has it) and unaligned ones (the scalar
+    /// path).
     fn check(fmt: Format, codes: &[u8], unpacked: &[f32]) {
-        let w: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
-        for (start, stride, width) in [(0, 64, 64), (32, 64, 32), (8, 72, 40), (3, 61, 61)] {
-            let rows = (unpacked.len() - start - width) / stride + 1;
-            let mut dots = vec![0f32; rows];
-            dot_rows(fmt, codes, start, stride, &w[..width], &mut dots);
-            let a: Vec<f32> = (0..rows).map(|r| 0.5 - r as f32 * 0.01).collect();
-            let mut acc: Vec<f32> = (0..width).map(|d| d as f32).collect();
-            axpy_rows(fmt, codes, start, stride, &a, &mut acc);
-            for (r, got) in dots.iter().enumerate() {
-                let base = start + r * stride;
-                let want: f32 = (0..width).map(|d| w[d] * unpacked[base + d]).sum();
-                assert!(close(*got, want), "{fmt:?} {start} row {r}");
-            }
-            for (d, got) in acc.iter().enumerate() {
-                let want = d as f32
-                    + (0..rows)
-                        .map(|r| a[r] * unpacked[start + r * stride + d])
-                        .sum::<f32>();
-                assert!(close(*got, want), "{fmt:?} {start} col {d}");
+        for nq in 1..=5 {
+            let w: Vec<f32> = (0..64 * nq).map(|i| (i as f32 * 0.37).sin()).collect();
+            for (start, stride, width) in [(0, 64, 64), (32, 64, 32), (8, 72, 40), (3, 61, 61)] {
+                let rows = (unpacked.len() - start - width) / stride + 1;
+                let run = Run {
+                    start,
+                    stride,
+                    rows,
+                    width,
+                };
+                let ws: Vec<f32> = (0..nq)
+                    .flat_map(|i| w[i * 64..i * 64 + width].to_vec())
+                    .collect();
+                let mut dots = vec![0f32; nq * rows];
+                dot_rows(fmt, codes, run, &ws, &mut dots);
+                let a: Vec<f32> = (0..nq * rows)
+                    .map(|x| 0.5 - (x % 97) as f32 * 0.01)
+                    .collect();
+                // Outputs `width + 3` apart, as rows of a wider buffer.
+                let ostride = width + 3;
+                let mut acc: Vec<f32> = (0..nq * ostride).map(|d| d as f32).collect();
+                axpy_rows(fmt, codes, run, &a, &mut acc, ostride);
+                for i in 0..nq {
+                    for r in 0..rows {
+                        let base = start + r * stride;
+                        let want: f32 = (0..width)
+                            .map(|d| ws[i * width + d] * unpacked[base + d])
+                            .sum();
+                        let got = dots[i * rows + r];
+                        assert!(close(got, want), "{fmt:?} {start} q{i} row {r}");
+                    }
+                    for d in 0..ostride {
+                        let at = i * ostride + d;
+                        let want = at as f32
+                            + if d < width {
+                                (0..rows)
+                                    .map(|r| a[i * rows + r] * unpacked[start + r * stride + d])
+                                    .sum::<f32>()
+                            } else {
+                                0.0
+                            };
+                        assert!(close(acc[at], want), "{fmt:?} {start} q{i} col {d}");
+                    }
+                }
             }
         }
     }
@@ -326,7 +431,13 @@ mod tests {
         let codes: Vec<u8> = (0u8..=255).filter(|&b| b & 0x7F != 0x7F).collect();
         let codes = &codes[..248];
         let mut out = vec![0f32; codes.len()];
-        axpy_rows(Format::E4m3, codes, 0, 0, &[2.0], &mut out);
+        let run = Run {
+            start: 0,
+            stride: 0,
+            rows: 1,
+            width: codes.len(),
+        };
+        axpy_rows(Format::E4m3, codes, run, &[2.0], &mut out, 0);
         for (o, &c) in out.iter().zip(codes) {
             assert_eq!(*o, 2.0 * crate::quant::fp8::e4m3_to_f32(c), "byte {c:#x}");
         }

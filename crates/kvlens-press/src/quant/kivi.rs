@@ -5,10 +5,11 @@
 //! (arXiv:2402.02750). Keys have outlier channels, so each channel gets its own range over
 //! a group of tokens; values are quantized per token. Scales and zero points are f16.
 
-use super::kernels::{axpy_rows, dot_rows, Format};
+use super::kernels::{axpy_rows, dot_rows, Format, Run};
 use super::{dequant_run, pack, quantize_code, unpack, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::ops::Range;
 
 pub struct Kivi {
     pub bits: u32,
@@ -122,64 +123,100 @@ impl Chunk for Packed {
         true
     }
 
-    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
+    fn align(&self) -> usize {
+        self.kgroup
+    }
+
+    fn key_dots(&self, qs: &[f32], nq: usize, rows: Range<usize>, out: &mut [f32]) {
         // k[r][d] = m_d + s_d·c[r][d], so q·k_r = Σ_d q_d·m_d + Σ_d (q_d·s_d)·c[r][d], with
         // the ranges of r's key group.
-        let (dim, rows, kg) = (self.dim, self.rows, self.kgroup);
-        let mut qs_scaled = vec![0f32; dim];
-        let mut pf = vec![0f32; self.key_params.len()];
-        self.key_params.convert_to_f32_slice(&mut pf);
-        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
-            for (gi, params) in pf.chunks_exact(2 * dim).enumerate() {
-                let mut base = 0.0;
-                for ((w, &x), ms) in qs_scaled.iter_mut().zip(q).zip(params.chunks_exact(2)) {
+        let (dim, kg, n) = (self.dim, self.kgroup, rows.len());
+        let mut scaled = vec![0f32; nq * dim];
+        let mut base = vec![0f32; nq];
+        let mut part = vec![0f32; nq * kg];
+        let mut pf = vec![0f32; 2 * dim];
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let gi = r0 / kg;
+            let r1 = ((gi + 1) * kg).min(rows.end);
+            self.key_params[gi * 2 * dim..(gi + 1) * 2 * dim].convert_to_f32_slice(&mut pf);
+            for ((w, b), q) in scaled
+                .chunks_exact_mut(dim)
+                .zip(&mut base)
+                .zip(qs.chunks_exact(dim))
+            {
+                *b = 0.0;
+                for ((w, &x), ms) in w.iter_mut().zip(q).zip(pf.chunks_exact(2)) {
                     *w = x * ms[1];
-                    base += x * ms[0];
-                }
-                let o = &mut out[i * rows + gi * kg..i * rows + (gi + 1) * kg];
-                dot_rows(
-                    Format::Bits(self.bits),
-                    &self.key_codes,
-                    gi * kg * dim,
-                    dim,
-                    &qs_scaled,
-                    o,
-                );
-                for x in o.iter_mut() {
-                    *x += base;
+                    *b += x * ms[0];
                 }
             }
+            let m = r1 - r0;
+            let run = Run::rows(r0, m, dim);
+            dot_rows(
+                Format::Bits(self.bits),
+                &self.key_codes,
+                run,
+                &scaled,
+                &mut part,
+            );
+            for i in 0..nq {
+                let o = &mut out[i * n + (r0 - rows.start)..i * n + (r1 - rows.start)];
+                for (x, &y) in o.iter_mut().zip(&part[i * m..(i + 1) * m]) {
+                    *x = y + base[i];
+                }
+            }
+            r0 = r1;
         }
     }
 
-    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let dim = self.dim;
+    fn add_values(&self, ps: &[f32], nq: usize, rows: Range<usize>, outs: &mut [f32]) {
+        let (dim, n) = (self.dim, rows.len());
         let groups = dim.div_ceil(self.vgroup);
-        let mut a = vec![0f32; self.rows];
-        let mut pf = vec![0f32; self.value_params.len()];
-        self.value_params.convert_to_f32_slice(&mut pf);
-        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-            let p = &ps[i * self.rows..(i + 1) * self.rows];
-            for g in 0..groups {
-                let d0 = g * self.vgroup;
-                let d1 = (d0 + self.vgroup).min(dim);
-                let mut offset = 0.0;
-                for (r, x) in a.iter_mut().enumerate() {
-                    let at = 2 * (r * groups + g);
-                    offset += p[r] * pf[at];
-                    *x = p[r] * pf[at + 1];
+        let mut a = vec![0f32; nq * n];
+        let mut offsets = vec![0f32; nq];
+        let mut pf = vec![0f32; 2 * groups * n];
+        self.value_params[2 * groups * rows.start..2 * groups * rows.end]
+            .convert_to_f32_slice(&mut pf);
+        // Per channel group, the rows' minimums and scales side by side.
+        let mut mins = vec![0f32; groups * n];
+        let mut scales = vec![0f32; groups * n];
+        for (j, ms) in pf.chunks_exact(2).enumerate() {
+            let (row, g) = (j / groups, j % groups);
+            mins[g * n + row] = ms[0];
+            scales[g * n + row] = ms[1];
+        }
+        for g in 0..groups {
+            let d0 = g * self.vgroup;
+            let d1 = (d0 + self.vgroup).min(dim);
+            let (gm, gs) = (&mins[g * n..(g + 1) * n], &scales[g * n..(g + 1) * n]);
+            for ((x, p), off) in a
+                .chunks_exact_mut(n)
+                .zip(ps.chunks_exact(n))
+                .zip(&mut offsets)
+            {
+                *off = crate::attention::dot_f32(p, gm);
+                for ((x, &p), &sc) in x.iter_mut().zip(p).zip(gs) {
+                    *x = p * sc;
                 }
-                let part = &mut o[d0..d1];
-                axpy_rows(
-                    Format::Bits(self.bits),
-                    &self.value_codes,
-                    d0,
-                    dim,
-                    &a,
-                    part,
-                );
-                for x in part.iter_mut() {
-                    *x += offset;
+            }
+            let run = Run {
+                start: rows.start * dim + d0,
+                stride: dim,
+                rows: n,
+                width: d1 - d0,
+            };
+            axpy_rows(
+                Format::Bits(self.bits),
+                &self.value_codes,
+                run,
+                &a,
+                &mut outs[d0..],
+                dim,
+            );
+            for (o, off) in outs.chunks_exact_mut(dim).zip(&offsets) {
+                for x in o[d0..d1].iter_mut() {
+                    *x += off;
                 }
             }
         }
@@ -238,7 +275,7 @@ mod tests {
 
     #[test]
     fn fused_dots_equal_dots_with_the_decoded_rows() {
-        let (n, dim) = (32, 64);
+        let (n, dim) = (64, 64);
         let (k, v) = (rows(n * dim, 5, 1.0), rows(n * dim, 6, 1.0));
         let qs = rows(3 * dim, 7, 1.0);
         let ps: Vec<f32> = rows(3 * n, 8, 1.0).iter().map(|x| x.abs()).collect();
@@ -255,13 +292,41 @@ mod tests {
             }),
         ];
         for (ci, codec) in codecs.iter().enumerate() {
-            let c = codec.encode(&k, &v, n, dim);
+            // Two chunks of 32 rows, the second absorbed where the codec can (KIVI: a
+            // second key group); one chunk of 64 otherwise.
+            let half = 32 * dim;
+            let mut c = codec.encode(&k[..half], &v[..half], 32, dim);
+            let next = codec.encode(&k[half..], &v[half..], 32, dim);
+            if !c.absorb(next.as_ref()) {
+                c = codec.encode(&k, &v, n, dim);
+            }
+            assert_eq!(c.rows(), n);
             let (mut dk, mut dv) = (vec![0f32; n * dim], vec![0f32; n * dim]);
             c.decode(&mut dk, &mut dv);
             let mut dots = vec![0f32; 3 * n];
-            c.key_dots(&qs, 3, &mut dots);
+            c.key_dots(&qs, 3, 0..n, &mut dots);
             let mut outs = vec![0.5f32; 3 * dim];
-            c.add_values(&ps, 3, &mut outs);
+            c.add_values(&ps, 3, 0..n, &mut outs);
+            // A piece from the second key group on gives the same numbers for its rows.
+            let (lo, m) = (32, n - 32);
+            let mut part = vec![0f32; 3 * m];
+            c.key_dots(&qs, 3, lo..n, &mut part);
+            let ps_part: Vec<f32> = (0..3)
+                .flat_map(|i| ps[i * n + lo..(i + 1) * n].to_vec())
+                .collect();
+            let mut outs_part = vec![0f32; 3 * dim];
+            c.add_values(&ps_part, 3, lo..n, &mut outs_part);
+            for i in 0..3 {
+                for r in lo..n {
+                    let (a, b) = (dots[i * n + r], part[i * m + r - lo]);
+                    assert!((a - b).abs() < 1e-4, "codec {ci} piece key {i},{r}");
+                }
+                for d in 0..dim {
+                    let want: f32 = (lo..n).map(|r| ps[i * n + r] * dv[r * dim + d]).sum();
+                    let got = outs_part[i * dim + d];
+                    assert!((want - got).abs() < 1e-3, "codec {ci} piece value {i},{d}");
+                }
+            }
             for i in 0..3 {
                 let q = &qs[i * dim..(i + 1) * dim];
                 for r in 0..n {

@@ -14,6 +14,7 @@ pub mod uniform;
 use crate::cache::CacheShape;
 use crate::method::{HeadStats, Method, Step};
 use crate::store::HeadStore;
+use std::ops::Range;
 
 /// A packed chunk of rows.
 pub trait Chunk: Send + Sync {
@@ -32,39 +33,20 @@ pub trait Chunk: Send + Sync {
         false
     }
 
-    /// Whether [`Chunk::key_dots`] and [`Chunk::add_values`] read the codes in place (else they
-    /// decode the chunk, which is then best done once for all the queries of a head).
-    fn fused(&self) -> bool {
-        true
+    /// Piece boundaries inside this chunk fall on multiples of this many rows (KIVI's key
+    /// groups); 1 when rows are independent.
+    fn align(&self) -> usize {
+        1
     }
 
-    /// `out[i·rows + r] = q_i · k_r` for the `nq` queries in `qs` ((nq, dim)), unscaled. This
-    /// default decodes the chunk; codecs override it to read their codes directly.
-    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        let (rows, dim) = (self.rows(), qs.len() / nq);
-        let mut k = vec![0f32; rows * dim];
-        let mut v = vec![0f32; rows * dim];
-        self.decode(&mut k, &mut v);
-        for (i, q) in qs.chunks_exact(dim).enumerate() {
-            for (r, kr) in k.chunks_exact(dim).enumerate() {
-                out[i * rows + r] = crate::attention::dot_f32(q, kr);
-            }
-        }
-    }
+    /// `out[i·n + j] = q_i · k_{rows.start + j}` (unscaled; `n = rows.len()`) for the `nq`
+    /// queries in `qs` ((nq, dim)), read from the codes in place. `rows` starts and ends on
+    /// multiples of [`Chunk::align`] or at the chunk's end.
+    fn key_dots(&self, qs: &[f32], nq: usize, rows: Range<usize>, out: &mut [f32]);
 
-    /// `outs[i·dim + d] += Σ_r ps[i·rows + r] · v_r[d]` for the `nq` queries. This default
-    /// decodes the chunk; codecs override it.
-    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let (rows, dim) = (self.rows(), outs.len() / nq);
-        let mut k = vec![0f32; rows * dim];
-        let mut v = vec![0f32; rows * dim];
-        self.decode(&mut k, &mut v);
-        for (i, o) in outs.chunks_exact_mut(dim).enumerate() {
-            for (r, vr) in v.chunks_exact(dim).enumerate() {
-                crate::attention::axpy_f32(o, ps[i * rows + r], vr);
-            }
-        }
-    }
+    /// `outs[i·dim + d] += Σ_j ps[i·n + j] · v_{rows.start + j}[d]` for the `nq` queries,
+    /// with `ps` as (nq, n).
+    fn add_values(&self, ps: &[f32], nq: usize, rows: Range<usize>, outs: &mut [f32]);
 }
 
 /// Packs `rows` rows of keys and values, (rows, dim) each.

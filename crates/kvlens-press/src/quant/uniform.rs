@@ -1,10 +1,11 @@
 //! Per-token asymmetric integer quantization (`int8`, `int4`): every row of keys and of
 //! values gets its own minimum and scale (f16), codes of `bits` packed.
 
-use super::kernels::{axpy_rows, dot_rows, Format};
+use super::kernels::{axpy_rows, dot_rows, Format, Run};
 use super::{dequant_run, pack, quantize_code, Chunk, Codec};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::ops::Range;
 
 pub struct PerToken {
     pub bits: u32,
@@ -103,14 +104,20 @@ impl Chunk for Packed {
     }
 
     // k_r = m_r + s_r·c_r, so q·k_r = m_r·Σq + s_r·(q·c_r).
-    fn key_dots(&self, qs: &[f32], nq: usize, out: &mut [f32]) {
-        let (dim, rows) = (self.dim, self.rows);
-        let mut pf = vec![0f32; 2 * rows];
-        self.key_params.convert_to_f32_slice(&mut pf);
-        for (i, q) in qs.chunks_exact(dim).enumerate().take(nq) {
+    fn key_dots(&self, qs: &[f32], nq: usize, rows: Range<usize>, out: &mut [f32]) {
+        let (dim, n) = (self.dim, rows.len());
+        let mut pf = vec![0f32; 2 * n];
+        self.key_params[2 * rows.start..2 * rows.end].convert_to_f32_slice(&mut pf);
+        let run = Run::rows(rows.start, n, dim);
+        dot_rows(
+            Format::Bits(self.bits),
+            &self.key_codes,
+            run,
+            &qs[..nq * dim],
+            out,
+        );
+        for (q, o) in qs.chunks_exact(dim).zip(out.chunks_exact_mut(n)).take(nq) {
             let qsum: f32 = q.iter().sum();
-            let o = &mut out[i * rows..(i + 1) * rows];
-            dot_rows(Format::Bits(self.bits), &self.key_codes, 0, dim, q, o);
             for (x, ms) in o.iter_mut().zip(pf.chunks_exact(2)) {
                 *x = ms[0] * qsum + ms[1] * *x;
             }
@@ -118,20 +125,34 @@ impl Chunk for Packed {
     }
 
     // Σ_r p_r·v_r = Σ_r p_r·m_r + Σ_r (p_r·s_r)·c_r.
-    fn add_values(&self, ps: &[f32], nq: usize, outs: &mut [f32]) {
-        let (dim, rows) = (self.dim, self.rows);
-        let mut a = vec![0f32; rows];
-        let mut pf = vec![0f32; 2 * rows];
-        self.value_params.convert_to_f32_slice(&mut pf);
-        for (i, o) in outs.chunks_exact_mut(dim).enumerate().take(nq) {
-            let mut offset = 0.0;
-            for ((x, &p), ms) in a.iter_mut().zip(&ps[i * rows..]).zip(pf.chunks_exact(2)) {
-                offset += p * ms[0];
+    fn add_values(&self, ps: &[f32], nq: usize, rows: Range<usize>, outs: &mut [f32]) {
+        let (dim, n) = (self.dim, rows.len());
+        let mut pf = vec![0f32; 2 * n];
+        self.value_params[2 * rows.start..2 * rows.end].convert_to_f32_slice(&mut pf);
+        let mut a = vec![0f32; nq * n];
+        let mut offsets = vec![0f32; nq];
+        for ((x, p), off) in a
+            .chunks_exact_mut(n)
+            .zip(ps.chunks_exact(n))
+            .zip(&mut offsets)
+        {
+            for ((x, &p), ms) in x.iter_mut().zip(p).zip(pf.chunks_exact(2)) {
+                *off += p * ms[0];
                 *x = p * ms[1];
             }
-            axpy_rows(Format::Bits(self.bits), &self.value_codes, 0, dim, &a, o);
+        }
+        let run = Run::rows(rows.start, n, dim);
+        axpy_rows(
+            Format::Bits(self.bits),
+            &self.value_codes,
+            run,
+            &a,
+            outs,
+            dim,
+        );
+        for (o, off) in outs.chunks_exact_mut(dim).zip(&offsets) {
             for x in o.iter_mut() {
-                *x += offset;
+                *x += off;
             }
         }
     }
