@@ -94,16 +94,18 @@ fn margin(l: &[f32]) -> f32 {
     a - b
 }
 
-#[test]
-fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
-    let path = default_model_path();
-    let model = default_model();
-    let g = golden();
+/// Runs `model` and candle's quantized Llama (on the GGUF at `path`) side by side along
+/// candle's greedy path for 8 steps after each golden prompt, both with f32 caches, and calls
+/// `each(case, step, ours, theirs)` with the two logit vectors at every step.
+fn along_candles_path(
+    model: &kvlens_engine::Model,
+    path: &std::path::Path,
+    mut each: impl FnMut(&serde_json::Value, usize, &[f32], &[f32]),
+) {
     let full = Spec::parse("full").unwrap();
-    let (mut clear, mut agree, mut steps, mut worst, mut sum_diff) = (0, 0, 0, 0f32, 0f64);
-    for case in g["greedy"].as_array().unwrap() {
+    for case in golden()["greedy"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
-        let mut f = std::fs::File::open(&path).unwrap();
+        let mut f = std::fs::File::open(path).unwrap();
         let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
         let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
         let mut cache = model.new_cache(&full, KvDtype::F32);
@@ -113,20 +115,8 @@ fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
             .forward(&prompt, 0, &mut cache, Logits::Last);
         let mut theirs = candle_logits(&mut reference, &prompt, 0);
         for step in 0..8 {
-            let diff = ours
-                .iter()
-                .zip(&theirs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            worst = worst.max(diff);
-            sum_diff += diff as f64;
-            steps += 1;
+            each(case, step, &ours, &theirs);
             let next = argmax(&theirs);
-            if margin(&theirs) >= 1.0 {
-                clear += 1;
-                assert_eq!(argmax(&ours), next, "step {step} of {:?}", case["prompt"]);
-                agree += 1;
-            }
             let pos = prompt.len() + step;
             cache.begin(Step::Decode, 1);
             ours = model
@@ -135,6 +125,38 @@ fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
             theirs = candle_logits(&mut reference, &[next], pos);
         }
     }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
+    let (mut clear, mut agree, mut steps, mut worst, mut sum_diff) = (0, 0, 0, 0f32, 0f64);
+    along_candles_path(
+        default_model(),
+        &default_model_path(),
+        |case, step, ours, theirs| {
+            let diff = max_abs_diff(ours, theirs);
+            worst = worst.max(diff);
+            sum_diff += diff as f64;
+            steps += 1;
+            if margin(theirs) >= 1.0 {
+                clear += 1;
+                assert_eq!(
+                    argmax(ours),
+                    argmax(theirs),
+                    "step {step} of {:?}",
+                    case["prompt"]
+                );
+                agree += 1;
+            }
+        },
+    );
     eprintln!(
         "against candle: {agree}/{clear} clear steps agree; max |Δlogit| {worst}, mean of per-step max {}",
         sum_diff / steps as f64
@@ -177,42 +199,16 @@ fn logits_equal_candle_within_1e_3_on_an_f32_copy_with_f32_cache() {
     let path = f32_copy(tmp.path());
     let model = kvlens_engine::Model::from_gguf(&path).unwrap();
     assert_eq!(model.transformer.weight_format(), "f32");
-    let g = golden();
-    let full = Spec::parse("full").unwrap();
     let (mut worst, mut steps) = (0f32, 0);
-    for case in g["greedy"].as_array().unwrap() {
-        let prompt = ids(&case["prompt_ids"]);
-        assert!(prompt.len() <= 64, "a short golden prompt");
-        let mut f = std::fs::File::open(&path).unwrap();
-        let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-        let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
-        let mut cache = model.new_cache(&full, KvDtype::F32);
-        cache.begin(Step::Prefill { last: true }, prompt.len());
-        let mut ours = model
-            .transformer
-            .forward(&prompt, 0, &mut cache, Logits::Last);
-        let mut theirs = candle_logits(&mut reference, &prompt, 0);
-        for step in 0..8 {
-            let diff = ours
-                .iter()
-                .zip(&theirs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                diff <= 1e-3,
-                "step {step} of {:?}: max |Δlogit| {diff}",
-                case["prompt"]
-            );
-            worst = worst.max(diff);
-            steps += 1;
-            let next = argmax(&theirs);
-            let pos = prompt.len() + step;
-            cache.begin(Step::Decode, 1);
-            ours = model
-                .transformer
-                .forward(&[next], pos, &mut cache, Logits::Last);
-            theirs = candle_logits(&mut reference, &[next], pos);
-        }
-    }
+    along_candles_path(&model, &path, |case, step, ours, theirs| {
+        let diff = max_abs_diff(ours, theirs);
+        assert!(
+            diff <= 1e-3,
+            "step {step} of {:?}: max |Δlogit| {diff}",
+            case["prompt"]
+        );
+        worst = worst.max(diff);
+        steps += 1;
+    });
     eprintln!("f32 copy against candle: max |Δlogit| {worst} over {steps} steps");
 }
