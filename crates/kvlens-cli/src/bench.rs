@@ -41,6 +41,8 @@ struct Row {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     decode_ms_per_token: f64,
+    /// Median time of one decode step: steadier than the mean on a shared machine.
+    decode_ms_p50: f64,
     kv_bytes_peak: usize,
     kv_bytes_full: usize,
 }
@@ -96,14 +98,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut next = argmax(&logits);
+        let mut steps_ms = Vec::with_capacity(a.new_tokens);
         for i in 0..a.new_tokens {
+            let t = Instant::now();
             cache.begin(Step::Decode, 1);
             logits = model
                 .transformer
                 .forward(&[next], a.context + i, &mut cache, Logits::Last);
             next = argmax(&logits);
+            steps_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let decode_s = t1.elapsed().as_secs_f64();
+        steps_ms.sort_by(f64::total_cmp);
+        let n = steps_ms.len();
+        let p50 = if n % 2 == 1 {
+            steps_ms[n / 2]
+        } else {
+            (steps_ms[n / 2 - 1] + steps_ms[n / 2]) / 2.0
+        };
         let row = Row {
             method: spec.canonical(),
             context: a.context,
@@ -111,6 +123,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             prefill_tok_s: a.context as f64 / prefill_s,
             decode_tok_s: a.new_tokens as f64 / decode_s,
             decode_ms_per_token: decode_s * 1e3 / a.new_tokens as f64,
+            decode_ms_p50: p50,
             kv_bytes_peak: cache.peak_bytes(),
             kv_bytes_full: cache.full_bytes(),
         };
@@ -124,17 +137,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "| method | context | prefill tok/s | decode tok/s | decode ms/token | KV peak MiB | KV full MiB | ratio |"
+        "| method | context | prefill tok/s | decode tok/s | decode ms/token | median ms/token | KV peak MiB | KV full MiB | ratio |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
             r.method,
             r.context,
             r.prefill_tok_s,
             r.decode_tok_s,
             r.decode_ms_per_token,
+            r.decode_ms_p50,
             r.kv_bytes_peak as f64 / 1048576.0,
             r.kv_bytes_full as f64 / 1048576.0,
             r.kv_bytes_peak as f64 / r.kv_bytes_full.max(1) as f64

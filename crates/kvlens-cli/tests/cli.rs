@@ -108,11 +108,15 @@ fn bench_json_is_one_array_with_a_row_per_method() {
             "context",
             "prefill_tok_s",
             "decode_tok_s",
+            "decode_ms_p50",
             "kv_bytes_peak",
             "kv_bytes_full",
         ] {
             assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
         }
+        // The median step lies within the spread of four steps whose mean is known.
+        let mean = r["decode_ms_per_token"].as_f64().unwrap();
+        assert!(r["decode_ms_p50"].as_f64().unwrap() < 4.0 * mean, "{r}");
     }
     // h2o (when=decode) never holds more than its budget plus the chunk being attended;
     // snapkv (when=prefill) holds the earlier chunks whole (32 tokens: the last chunk takes
