@@ -12,8 +12,8 @@ use crate::methods::{
 use crate::quant::{fp8::Fp8, gear::Gear, kivi::Kivi, uniform::PerToken, Quantize, Schedule};
 use std::collections::BTreeMap;
 
-/// Tokens per GEAR chunk, and newest tokens GEAR keeps in full precision (its streaming
-/// buffer).
+/// Generated tokens per GEAR chunk, and newest tokens GEAR keeps in full precision (its
+/// streaming buffer); the prompt is packed in larger chunks (`Codec::prompt_rows`).
 pub const GEAR_CHUNK: usize = 64;
 use std::fmt;
 
