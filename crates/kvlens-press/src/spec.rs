@@ -102,7 +102,7 @@ const KERNEL: Param = Param {
     name: "kernel",
     default: Some("7"),
     kind: Kind::Int { min: 1, max: 255 },
-    help: "width of the pooling over votes",
+    help: "width of the pooling over votes (wider keeps whole multi-token spans, e.g. numbers)",
 };
 const POOL: Param = Param {
     name: "pool",
