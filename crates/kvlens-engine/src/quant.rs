@@ -421,18 +421,8 @@ fn has_avx2() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8Acts, QK};
+    use kvlens_press::simd::x86::hsum;
     use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 
     pub fn has_avx512() -> bool {
         use std::sync::OnceLock;

@@ -11,6 +11,7 @@ pub mod mathf;
 pub mod method;
 pub mod methods;
 pub mod quant;
+pub mod simd;
 pub mod spec;
 pub mod store;
 

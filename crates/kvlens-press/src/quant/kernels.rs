@@ -142,6 +142,7 @@ pub fn axpy_rows(fmt: Format, codes: &[u8], run: Run, a: &[f32], out: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use super::{Format, Run};
+    use crate::simd::x86::hsum;
     use std::arch::x86_64::*;
 
     /// Rows weighted per pass over an output block (their codes stay in L1 between blocks).
@@ -195,17 +196,6 @@ mod avx {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
     /// Calls `$kernel::<K>` with the constant for `$fmt`.
     macro_rules! by_format {
         ($fmt:expr, $kernel:ident($($arg:expr),*)) => {
@@ -243,6 +233,18 @@ mod avx {
         by_format!(fmt, axpy_rows_q(codes, run, a, nq, out, ostride))
     }
 
+    /// Calls `$kernel::<K, NQ>` with `NQ` the number of queries, 1 to 4 (more: 4).
+    macro_rules! by_queries {
+        ($nq:expr, $kernel:ident::<$k:ident>($($arg:expr),*)) => {
+            match $nq {
+                1 => $kernel::<$k, 1>($($arg),*),
+                2 => $kernel::<$k, 2>($($arg),*),
+                3 => $kernel::<$k, 3>($($arg),*),
+                _ => $kernel::<$k, 4>($($arg),*),
+            }
+        };
+    }
+
     /// Queries in groups of up to four, each group compiled for its size.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_rows_q<const K: u32>(
@@ -255,12 +257,7 @@ mod avx {
         let mut i = 0;
         while i < nq {
             let (w, out) = (&w[i * run.width..], &mut out[i * run.rows..]);
-            match nq - i {
-                1 => dot_rows_k::<K, 1>(codes, run, w, out),
-                2 => dot_rows_k::<K, 2>(codes, run, w, out),
-                3 => dot_rows_k::<K, 3>(codes, run, w, out),
-                _ => dot_rows_k::<K, 4>(codes, run, w, out),
-            }
+            by_queries!(nq - i, dot_rows_k::<K>(codes, run, w, out));
             i += 4;
         }
     }
@@ -277,12 +274,7 @@ mod avx {
         let mut i = 0;
         while i < nq {
             let (a, out) = (&a[i * run.rows..], &mut out[i * ostride..]);
-            match nq - i {
-                1 => axpy_rows_k::<K, 1>(codes, run, a, out, ostride),
-                2 => axpy_rows_k::<K, 2>(codes, run, a, out, ostride),
-                3 => axpy_rows_k::<K, 3>(codes, run, a, out, ostride),
-                _ => axpy_rows_k::<K, 4>(codes, run, a, out, ostride),
-            }
+            by_queries!(nq - i, axpy_rows_k::<K>(codes, run, a, out, ostride));
             i += 4;
         }
     }
