@@ -174,24 +174,16 @@ fn a_run_through_kvlens_serve_equals_the_same_run_done_locally() {
         };
         let l = &local[&(task.clone(), id.clone(), local_method)];
         assert!(r.get("error").is_none(), "{r}");
-        assert_eq!(r["output_text"], l["output_text"], "{task}/{id}/{method}");
-        assert_eq!(r["score"], l["score"], "{task}/{id}/{method}");
-        assert_eq!(
-            r["output_tokens"], l["output_tokens"],
-            "{task}/{id}/{method}"
-        );
-        assert_eq!(
-            r["prompt_tokens"], l["prompt_tokens"],
-            "{task}/{id}/{method}"
-        );
-        assert_eq!(
-            r["finish_reason"], l["finish_reason"],
-            "{task}/{id}/{method}"
-        );
-        assert_eq!(
-            r["kv_bytes_peak"], l["kv_bytes_peak"],
-            "{task}/{id}/{method}"
-        );
+        for f in [
+            "output_text",
+            "score",
+            "output_tokens",
+            "prompt_tokens",
+            "finish_reason",
+            "kv_bytes_peak",
+        ] {
+            assert_eq!(r[f], l[f], "{task}/{id}/{method}: {f}");
+        }
         assert_eq!(r["served"]["output_tokens_from"], "usage");
         assert_eq!(r["served"]["prefill_from"], "server");
         let t = |k: &str| r[k].as_f64().unwrap();
