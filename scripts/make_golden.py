@@ -54,7 +54,9 @@ PROMPTS = [
 
 def main():
     path, out = sys.argv[1], sys.argv[2]
-    kw = dict(model_path=path, n_ctx=512, n_batch=512, n_threads=2, verbose=False, seed=0, logits_all=True)
+    # Only the last token's logits, as llama.cpp's own tools compute them (with every
+    # token's, the output matrix of a prompt would go through another kernel).
+    kw = dict(model_path=path, n_ctx=512, n_batch=512, n_threads=2, verbose=False, seed=0, logits_all=False)
     try:
         llm = Llama(flash_attn=False, **kw)
     except TypeError:
@@ -71,7 +73,7 @@ def main():
         llm.eval(ids)
         outs, margins = [], []
         for _ in range(32):
-            logits = np.asarray(llm.scores[llm.n_tokens - 1])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
             nxt = int(np.argmax(logits))
             top2 = np.sort(logits)[-2:]
             outs.append(nxt)
