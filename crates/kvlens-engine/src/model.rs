@@ -70,6 +70,10 @@ pub struct Transformer {
     output: Weight,
 }
 
+/// Sees an intermediate activation of a forward pass: its llama.cpp tensor name, its layer
+/// (none after the last) and its values ([`Transformer::forward_traced`]).
+pub type Tracer<'a> = dyn FnMut(&str, Option<usize>, &[f32]) + 'a;
+
 /// Which logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -362,6 +366,22 @@ impl Transformer {
         cache: &mut KvCache,
         want: Logits,
     ) -> Vec<f32> {
+        self.forward_traced(tokens, pos0, cache, want, &mut |_, _, _| {})
+    }
+
+    /// [`Transformer::forward`], showing `trace` the intermediate activations by llama.cpp's
+    /// tensor name and layer (`attn_norm`, `Qcur` and `Kcur` after rotary embedding, `Vcur`,
+    /// `kqv_out`, `ffn_inp`, `ffn_norm`, `l_out`, then `result_norm` and `result_output`
+    /// with no layer), each row-major with one row per token: for comparing with llama.cpp's
+    /// own tensors bit for bit (scripts/llamacpp_trace.py).
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        cache: &mut KvCache,
+        want: Logits,
+        trace: &mut Tracer,
+    ) -> Vec<f32> {
         let c = &self.config;
         let n = tokens.len();
         let (dim, hd) = (c.dim, c.head_dim);
@@ -386,18 +406,25 @@ impl Transformer {
 
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            trace("attn_norm", Some(l), &h);
             quantize_for(&layer.wq, &h, dim, &mut acts);
             layer.wq.matmul(&h, &acts, &mut q);
             layer.wk.matmul(&h, &acts, &mut k);
             layer.wv.matmul(&h, &acts, &mut v);
             rope.apply(&mut q, c.n_heads);
             rope.apply(&mut k, c.n_kv_heads);
+            trace("Qcur", Some(l), &q);
+            trace("Kcur", Some(l), &k);
+            trace("Vcur", Some(l), &v);
             cache.attend(l, &positions, &q, &k, &v, &mut att);
+            trace("kqv_out", Some(l), &att);
             quantize_for(&layer.wo, &att, qw, &mut acts);
             layer.wo.matmul(&att, &acts, &mut o);
             add_in_place(&mut x, &o);
+            trace("ffn_inp", Some(l), &x);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            trace("ffn_norm", Some(l), &h);
             quantize_for(&layer.w_gate, &h, dim, &mut acts);
             layer.w_gate.matmul(&h, &acts, &mut gate);
             layer.w_up.matmul(&h, &acts, &mut up);
@@ -405,6 +432,7 @@ impl Transformer {
             quantize_for(&layer.w_down, &gate, c.ffn_dim, &mut acts);
             layer.w_down.matmul(&gate, &acts, &mut o);
             add_in_place(&mut x, &o);
+            trace("l_out", Some(l), &x);
         }
 
         let rows = match want {
@@ -414,9 +442,11 @@ impl Transformer {
         let m = rows.len() / dim;
         let mut hn = vec![0f32; m * dim];
         rms_norm(rows, &self.norm, c.rms_eps, &mut hn);
+        trace("result_norm", None, &hn);
         let mut logits = vec![0f32; m * c.vocab];
         quantize_for(&self.output, &hn, dim, &mut acts);
         self.output.matmul(&hn, &acts, &mut logits);
+        trace("result_output", None, &logits);
         logits
     }
 }
@@ -492,8 +522,10 @@ impl RopeTable {
                         RopeStyle::Half => (i, i + half),
                     };
                     let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
+                    // As ggml's compiled loop: each cos product fused with the rounded
+                    // sin product (`vfmaddsub`).
+                    head[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+                    head[b] = x0.mul_add(sin[i], x1 * cos[i]);
                 }
             }
         }

@@ -156,7 +156,7 @@ impl Weight {
                 #[cfg(target_arch = "x86_64")]
                 {
                     // Worth unpacking rows into 512-bit form only when many tokens share them.
-                    if q8.n >= 16 && x86::has_avx512() && (cols / QK).is_multiple_of(2) {
+                    if q8.n >= 16 && x86::has_avx512() {
                         return matmul_q4_1_avx512(data.as_slice(), *rows, *cols, q8, out);
                     }
                 }
@@ -339,15 +339,14 @@ fn matmul_blocks<K: BlockKind>(
     });
 }
 
-/// Q4_1 × Q8_1 with 512-bit registers: two blocks per instruction, the activation scales
-/// spread over lanes once per call. Same integer products and scales as the AVX2 kernel;
-/// only the order of the final float sums differs.
+/// Q4_1 × Q8_1 with 512-bit registers: two tokens per register, each in its own 8 lanes
+/// doing exactly what [`x86::dot4_q4_1`] (ggml's AVX2 `ggml_vec_dot_q4_1_q8_1`) does for one,
+/// so the results are the same bits; 4 rows × 4 tokens share each unpacked weight block and
+/// each activation load. Tokens left over (fewer than 4) take the per-token kernel.
 #[cfg(target_arch = "x86_64")]
 fn matmul_q4_1_avx512(data: &[u8], rows: usize, cols: usize, acts: &Q8Acts, out: &mut [f32]) {
     let nb = cols / QK;
     let n = acts.n;
-    // (token, block, 8 lanes): each block's activation scale repeated over its 8 lanes.
-    let da8: Vec<f32> = acts.d.iter().flat_map(|&d| [d; 8]).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     let chunk = row_chunk(rows);
     const TOKEN_TILE: usize = 64;
@@ -355,33 +354,33 @@ fn matmul_q4_1_avx512(data: &[u8], rows: usize, cols: usize, acts: &Q8Acts, out:
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(rows);
         let mut scratch: [x86::RowScratch; 4] = std::array::from_fn(|_| x86::RowScratch::new(nb));
+        let row_bytes = |r: usize| &data[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES];
         for tile in (0..n).step_by(TOKEN_TILE) {
             let tile_end = (tile + TOKEN_TILE).min(n);
+            let full_end = tile + (tile_end - tile) / 4 * 4;
             for rg in (r0..r1).step_by(4) {
                 let rn = (r1 - rg).min(4);
                 // SAFETY: AVX-512 F/BW/DQ/VL/VNNI detected; each row holds `nb` blocks and the
                 // activations `n` rows of `nb` blocks; (t, r) pairs are this task's own.
                 unsafe {
                     for (i, sc) in scratch.iter_mut().enumerate().take(rn) {
-                        let r = rg + i;
-                        sc.unpack_q4_1(&data[r * nb * Q4_1_BYTES..(r + 1) * nb * Q4_1_BYTES]);
+                        sc.unpack_q4_1(row_bytes(rg + i));
                     }
-                    for t0 in (tile..tile_end).step_by(4) {
-                        let tn = (tile_end - t0).min(4);
-                        if rn == 4 && tn == 4 {
-                            // Four rows by four tokens: each activation load serves four rows.
-                            let y = x86::dot_tile4(&scratch, acts, &da8, t0);
-                            for (ri, yr) in y.iter().enumerate() {
-                                for (ti, &v) in yr.iter().enumerate() {
-                                    ptr.write((t0 + ti) * rows + rg + ri, v);
-                                }
+                    for t0 in (tile..full_end).step_by(4) {
+                        let y = x86::dot_tile4(&scratch[..rn], acts, t0);
+                        for (ri, yr) in y.iter().enumerate().take(rn) {
+                            for (ti, &v) in yr.iter().enumerate() {
+                                ptr.write((t0 + ti) * rows + rg + ri, v);
                             }
-                        } else {
-                            for (ri, sc) in scratch.iter().enumerate().take(rn) {
-                                let y = sc.dot4(acts, &da8, t0, tn);
-                                for (ti, &v) in y.iter().enumerate().take(tn) {
-                                    ptr.write((t0 + ti) * rows + rg + ri, v);
-                                }
+                        }
+                    }
+                    if full_end < tile_end {
+                        let tn = tile_end - full_end;
+                        let mut y = [0f32; 4];
+                        for ri in 0..rn {
+                            x86::dot4_q4_1(row_bytes(rg + ri), acts, full_end, tn, &mut y);
+                            for (ti, &v) in y.iter().enumerate().take(tn) {
+                                ptr.write((full_end + ti) * rows + rg + ri, v);
                             }
                         }
                     }
@@ -438,11 +437,11 @@ mod x86 {
         })
     }
 
-    /// One Q4_1 weight row unpacked for 512-bit products: per pair of blocks, the 64 4-bit
-    /// values as bytes and the two weight scales spread over 8 lanes each.
+    /// One Q4_1 weight row unpacked for 512-bit products: per block, its 32 4-bit values as
+    /// bytes in both halves of a register, its scale, and its minimum.
     pub struct RowScratch {
         w: Vec<__m512i>,
-        dw: Vec<__m512>,
+        d: Vec<f32>,
         m: Vec<f32>,
     }
 
@@ -451,8 +450,8 @@ mod x86 {
             // SAFETY: zeroed vectors are valid values of these types.
             unsafe {
                 Self {
-                    w: vec![_mm512_setzero_si512(); nb / 2],
-                    dw: vec![_mm512_setzero_ps(); nb / 2],
+                    w: vec![_mm512_setzero_si512(); nb],
+                    d: vec![0.0; nb],
                     m: vec![0.0; nb],
                 }
             }
@@ -461,84 +460,68 @@ mod x86 {
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn unpack_q4_1(&mut self, row: &[u8]) {
             let low = _mm_set1_epi8(0x0F);
-            for p in 0..self.w.len() {
-                let mut halves = [_mm256_setzero_si256(); 2];
-                let mut scales = [0f32; 2];
-                for (k, h) in halves.iter_mut().enumerate() {
-                    let b = 2 * p + k;
-                    let at = b * super::Q4_1_BYTES;
-                    scales[k] = half(row, at);
-                    self.m[b] = half(row, at + 2);
-                    let packed = _mm_loadu_si128(row.as_ptr().add(at + 4) as *const __m128i);
-                    let lo = _mm_and_si128(packed, low);
-                    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                    *h = _mm256_set_m128i(hi, lo);
-                }
-                self.w[p] = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
-                self.dw[p] = _mm512_insertf32x8(
-                    _mm512_castps256_ps512(_mm256_set1_ps(scales[0])),
-                    _mm256_set1_ps(scales[1]),
-                    1,
-                );
+            for b in 0..self.w.len() {
+                let at = b * super::Q4_1_BYTES;
+                self.d[b] = half(row, at);
+                self.m[b] = half(row, at + 2);
+                let packed = _mm_loadu_si128(row.as_ptr().add(at + 4) as *const __m128i);
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                self.w[b] = _mm512_broadcast_i64x4(_mm256_set_m128i(hi, lo));
             }
-        }
-
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-        pub unsafe fn dot4(&self, acts: &Q8Acts, da8: &[f32], t0: usize, tn: usize) -> [f32; 4] {
-            let nb = self.m.len();
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let qs = acts.qs.as_ptr();
-            for p in 0..self.w.len() {
-                let (w, dw) = (self.w[p], self.dw[p]);
-                for (i, a) in acc.iter_mut().enumerate().take(tn) {
-                    let ab = (t0 + i) * nb + 2 * p;
-                    let x = _mm512_loadu_si512(qs.add(ab * QK) as *const _);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(da8.as_ptr().add(ab * 8)));
-                    *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), *a);
-                }
-            }
-            let mut y = [0f32; 4];
-            for (i, yi) in y.iter_mut().enumerate().take(tn) {
-                let s = &acts.s[(t0 + i) * nb..(t0 + i + 1) * nb];
-                let offs: f32 = self.m.iter().zip(s).map(|(m, s)| m * s).sum();
-                *yi = _mm512_reduce_add_ps(acc[i]) + offs;
-            }
-            y
         }
     }
 
-    /// Four rows × four tokens of [`RowScratch::dot4`], sharing each activation load.
+    /// Up to four rows × four tokens (`t0..t0 + 4`), tokens in pairs per register. For each
+    /// token the operations are those of [`dot4_q4_1`]: per block the integer dot product in
+    /// 8 lanes, scaled by `d_w·d_a` (rounded) and fused into the accumulator, then the lanes
+    /// summed as `hsum` and the minima's sum (a fused chain over blocks) added.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_tile4(
-        rows: &[RowScratch; 4],
-        acts: &Q8Acts,
-        da8: &[f32],
-        t0: usize,
-    ) -> [[f32; 4]; 4] {
-        let nb = rows[0].m.len();
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    pub unsafe fn dot_tile4(rows: &[RowScratch], acts: &Q8Acts, t0: usize) -> [[f32; 4]; 4] {
+        let rn = rows.len();
+        let nb = acts.blocks;
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         let qs = acts.qs.as_ptr();
-        for p in 0..rows[0].w.len() {
-            for t in 0..4 {
-                let ab = (t0 + t) * nb + 2 * p;
-                let x = _mm512_loadu_si512(qs.add(ab * QK) as *const _);
-                let da = _mm512_loadu_ps(da8.as_ptr().add(ab * 8));
-                for r in 0..4 {
-                    let dot =
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), *rows[r].w.get_unchecked(p), x);
-                    let scale = _mm512_mul_ps(*rows[r].dw.get_unchecked(p), da);
-                    acc[r][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][t]);
+        for b in 0..nb {
+            let mut x = [_mm512_setzero_si512(); 2];
+            let mut da = [_mm512_setzero_ps(); 2];
+            for p in 0..2 {
+                let (ta, tb) = ((t0 + 2 * p) * nb + b, (t0 + 2 * p + 1) * nb + b);
+                let a = _mm256_loadu_si256(qs.add(ta * QK) as *const __m256i);
+                let c = _mm256_loadu_si256(qs.add(tb * QK) as *const __m256i);
+                x[p] = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+                da[p] = _mm512_insertf32x8(
+                    _mm512_castps256_ps512(_mm256_set1_ps(*acts.d.get_unchecked(ta))),
+                    _mm256_set1_ps(*acts.d.get_unchecked(tb)),
+                    1,
+                );
+            }
+            for r in 0..rn {
+                let w = *rows[r].w.get_unchecked(b);
+                let dw = _mm512_set1_ps(*rows[r].d.get_unchecked(b));
+                for p in 0..2 {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[p]);
+                    let scale = _mm512_mul_ps(dw, da[p]);
+                    acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r][p]);
                 }
             }
         }
         let mut y = [[0f32; 4]; 4];
-        for r in 0..4 {
+        for r in 0..rn {
             for t in 0..4 {
                 let s = &acts.s[(t0 + t) * nb..(t0 + t + 1) * nb];
-                let offs: f32 = rows[r].m.iter().zip(s).map(|(m, s)| m * s).sum();
-                y[r][t] = _mm512_reduce_add_ps(acc[r][t]) + offs;
+                let mut offs = 0f32;
+                for (m, s) in rows[r].m.iter().zip(s) {
+                    offs = m.mul_add(*s, offs);
+                }
+                let v = acc[r][t / 2];
+                let half = if t % 2 == 0 {
+                    _mm512_castps512_ps256(v)
+                } else {
+                    _mm512_extractf32x8_ps(v, 1)
+                };
+                y[r][t] = hsum(half) + offs;
             }
         }
         y
@@ -619,7 +602,7 @@ mod x86 {
                 let p = dot_us8::<VNNI>(w, a);
                 let scale = _mm256_set1_ps(dw * *acts.d.get_unchecked(ab));
                 acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
-                offs[i] += mw * *acts.s.get_unchecked(ab);
+                offs[i] = mw.mul_add(*acts.s.get_unchecked(ab), offs[i]);
             }
         }
         for i in 0..tn {
@@ -751,7 +734,8 @@ mod tests {
     #[test]
     fn prompt_kernels_agree_with_the_per_token_kernel() {
         // 37 rows (not a multiple of the 4-row tile), 22 tokens (tile of 4 plus a remainder),
-        // 96 columns: the many-token path against the same rows taken 2 tokens at a time.
+        // 96 columns (an odd number of blocks): the many-token path gives the same bits as the
+        // same rows taken 2 tokens at a time (llama.cpp's per-token order either way).
         let (rows, cols, n) = (37, 96, 22);
         let mut seed = 9;
         let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
@@ -772,8 +756,9 @@ mod tests {
                 .zip(&part)
                 .enumerate()
             {
-                assert!(
-                    (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
                     "token {} row {}: {a} vs {b}",
                     t0 + i / rows,
                     i % rows

@@ -7,17 +7,21 @@
 
 use crate::mathf;
 use crate::store::{HeadStore, Rows};
+use crate::sums::{self, SumOrder};
 use half::f16;
 
-/// Attends query `q` (one head, `dim` values) to rows `0..limit` of `store`.
+/// Attends query `q` (one head, `dim` values) of a batch of `n_tokens` to rows `0..limit`
+/// of `store`.
 ///
 /// Writes the result to `out` and leaves the attention probabilities (f32, before any
-/// rounding) in `probs[..limit]`.
+/// rounding) in `probs[..limit]`. With an f16 cache both products are summed in the order
+/// llama.cpp sums them for a batch of that size ([`SumOrder`]).
 pub fn attend_head(
     store: &HeadStore,
     limit: usize,
     q: &[f32],
     scale: f32,
+    n_tokens: usize,
     out: &mut [f32],
     probs: &mut Vec<f32>,
 ) {
@@ -36,12 +40,17 @@ pub fn attend_head(
             for (d, &x) in qh.iter_mut().zip(q) {
                 *d = f16::from_f32(x).to_f32();
             }
-            scores_f16(qh, &k[..limit * dim], scale, probs);
+            let order = SumOrder::scores(n_tokens, dim);
+            sums::scores_f16(order, qh, &k[..limit * dim], scale, probs);
             softmax_in_place(probs);
-            for (j, &p) in probs.iter().enumerate() {
-                let p = f16::from_f32(p).to_f32();
-                axpy_f16(out, p, &v[j * dim..(j + 1) * dim]);
-            }
+            let mut rounded = probs.clone();
+            sums::round_f16(&mut rounded);
+            sums::values_f16(
+                SumOrder::values(n_tokens, dim),
+                &rounded,
+                &v[..limit * dim],
+                out,
+            );
         }
         (Rows::F32(k), Rows::F32(v)) => {
             for (j, p) in probs.iter_mut().enumerate() {
@@ -249,7 +258,12 @@ impl Prepared {
             return;
         }
         store.to_f32(scratch, &mut self.v);
-        let stride = len.div_ceil(8) * 8;
+        // A row stride of an odd number of 64-byte lines: the rows of one column then fall in
+        // different L1 sets (a stride of a multiple of 4 KiB would put them all in one).
+        let mut stride = len.div_ceil(16) * 16;
+        if (stride / 16).is_multiple_of(2) {
+            stride += 16;
+        }
         self.stride = stride;
         self.kt.resize(dim * stride, 0.0);
         for d in 0..dim {
@@ -268,6 +282,7 @@ impl Prepared {
         limit: usize,
         q: &[f32],
         scale: f32,
+        n_tokens: usize,
         out: &mut [f32],
         probs: &mut Vec<f32>,
     ) {
@@ -282,15 +297,22 @@ impl Prepared {
             };
         }
         probs.clear();
+        let order = SumOrder::scores(n_tokens, dim);
         if self.stride == 0 {
-            probs.extend(
-                self.kt[..limit * dim]
-                    .chunks_exact(dim)
-                    .map(|k| dot_f32(qh, k)),
-            );
+            probs.extend(self.kt[..limit * dim].chunks_exact(dim).map(|k| {
+                if self.f16 {
+                    sums::dot(order, qh, k)
+                } else {
+                    dot_f32(qh, k)
+                }
+            }));
         } else {
             probs.resize(limit.div_ceil(8) * 8, 0.0);
-            scores_t(qh, &self.kt, self.stride, probs);
+            if self.f16 && order == SumOrder::Gemm {
+                sums::scores_t_gemm(qh, &self.kt, self.stride, probs);
+            } else {
+                scores_t(qh, &self.kt, self.stride, probs);
+            }
             probs.truncate(limit);
         }
         for p in probs.iter_mut() {
@@ -299,11 +321,16 @@ impl Prepared {
         softmax_in_place(probs);
         out.fill(0.0);
         if self.f16 {
-            for p in probs.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
-            }
+            sums::round_f16(probs);
+            sums::values_f32(
+                SumOrder::values(n_tokens, dim),
+                probs,
+                &self.v[..probs.len() * dim],
+                out,
+            );
+        } else {
+            weighted_sum(probs, &self.v, dim, out);
         }
-        weighted_sum(probs, &self.v, dim, out);
     }
 }
 
@@ -413,22 +440,6 @@ fn softmax_impl(x: &mut [f32]) {
     }
 }
 
-/// `out[j] = (q · k_j) · scale` for every f16 key row of `k`.
-fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
-    let dim = q.len();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma_f16c() && dim.is_multiple_of(8) {
-            // SAFETY: features detected; `k` holds `out.len()` rows of `dim`.
-            unsafe { x86::scores_f16(q, k, scale, out) };
-            return;
-        }
-    }
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = dot_f16(q, &k[j * dim..(j + 1) * dim]) * scale;
-    }
-}
-
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -517,40 +528,6 @@ mod x86 {
             i += 8;
         }
         hsum(acc)
-    }
-
-    /// Four key rows at a time, their sums reduced together.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
-        let dim = q.len();
-        let n = out.len();
-        let kp = k.as_ptr() as *const u16;
-        let mut j = 0;
-        while j + 4 <= n {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut d = 0;
-            while d < dim {
-                let qv = _mm256_loadu_ps(q.as_ptr().add(d));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(
-                        kp.add((j + r) * dim + d) as *const __m128i
-                    ));
-                    *a = _mm256_fmadd_ps(qv, kv, *a);
-                }
-                d += 8;
-            }
-            // Horizontal sums of the four accumulators at once.
-            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
-            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
-            let s = _mm256_hadd_ps(s01, s23);
-            let sum = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            _mm_storeu_ps(out.as_mut_ptr().add(j), _mm_mul_ps(sum, _mm_set1_ps(scale)));
-            j += 4;
-        }
-        while j < n {
-            out[j] = dot_f16(q, &k[j * dim..(j + 1) * dim]) * scale;
-            j += 1;
-        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -676,6 +653,7 @@ mod tests {
                         total,
                         &qs[i * dim..(i + 1) * dim],
                         0.125,
+                        1,
                         &mut want,
                         &mut probs,
                     );
@@ -706,13 +684,13 @@ mod tests {
         q[0] = 1.0;
         let mut out = [0.0; 8];
         let mut probs = Vec::new();
-        attend_head(&s, 2, &q, 1.0, &mut out, &mut probs);
+        attend_head(&s, 2, &q, 1.0, 1, &mut out, &mut probs);
         let e = std::f32::consts::E;
         let p1 = e / (1.0 + e);
         assert!((probs[1] - p1).abs() < 1e-6);
         assert!((out[0] - (1.0 * (1.0 - p1) + 3.0 * p1)).abs() < 1e-5);
         // Only the first row visible: all weight on it.
-        attend_head(&s, 1, &q, 1.0, &mut out, &mut probs);
+        attend_head(&s, 1, &q, 1.0, 1, &mut out, &mut probs);
         assert_eq!(probs, vec![1.0]);
         assert_eq!(out, [1.0; 8]);
     }
@@ -733,10 +711,12 @@ mod tests {
         let q: Vec<f32> = (0..dim).map(|d| (d % 5) as f32 * 0.3).collect();
         let (mut oa, mut ob) = (vec![0.0; dim], vec![0.0; dim]);
         let mut p = Vec::new();
-        attend_head(&a, 16, &q, 0.125, &mut oa, &mut p);
-        attend_head(&b, 16, &q, 0.125, &mut ob, &mut p);
-        for (x, y) in oa.iter().zip(&ob) {
-            assert!((x - y).abs() < 2e-3, "{x} vs {y}");
+        for n_tokens in [1, 16] {
+            attend_head(&a, 16, &q, 0.125, n_tokens, &mut oa, &mut p);
+            attend_head(&b, 16, &q, 0.125, n_tokens, &mut ob, &mut p);
+            for (x, y) in oa.iter().zip(&ob) {
+                assert!((x - y).abs() < 2e-3, "{x} vs {y}");
+            }
         }
     }
 }

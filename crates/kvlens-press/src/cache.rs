@@ -356,10 +356,18 @@ impl KvCache {
                     let qo = (t * n_heads + h) * dim;
                     let o = &mut outs[(t - t0) * dim..(t - t0 + 1) * dim];
                     match prepared.get(h / group).map(|(p, _)| p) {
-                        Some(p) => p.attend(base + t + 1, &q[qo..qo + dim], scale, o, &mut probs),
-                        None => {
-                            attend_head(store, base + t + 1, &q[qo..qo + dim], scale, o, &mut probs)
+                        Some(p) => {
+                            p.attend(base + t + 1, &q[qo..qo + dim], scale, n, o, &mut probs)
                         }
+                        None => attend_head(
+                            store,
+                            base + t + 1,
+                            &q[qo..qo + dim],
+                            scale,
+                            n,
+                            o,
+                            &mut probs,
+                        ),
                     }
                     if let Some(acc) = acc.as_mut() {
                         for (a, p) in acc.iter_mut().zip(&probs) {

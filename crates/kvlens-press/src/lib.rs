@@ -14,6 +14,7 @@ pub mod quant;
 pub mod simd;
 pub mod spec;
 pub mod store;
+pub mod sums;
 
 pub use cache::{CacheShape, Forked, KvCache};
 pub use method::{Method, Needs, Step, When};

@@ -102,9 +102,8 @@ impl Rows {
     pub fn row_f32(&self, i: usize, dim: usize, out: &mut [f32]) {
         match self {
             Rows::F16(v) => {
-                for (o, x) in out.iter_mut().zip(&v[i * dim..(i + 1) * dim]) {
-                    *o = x.to_f32();
-                }
+                use half::slice::HalfFloatSliceExt;
+                v[i * dim..(i + 1) * dim].convert_to_f32_slice(out);
             }
             Rows::F32(v) => out.copy_from_slice(&v[i * dim..(i + 1) * dim]),
         }
