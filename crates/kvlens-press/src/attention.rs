@@ -1,9 +1,11 @@
 //! The attention step over what a head keeps: `softmax(q·Kᵀ·scale)·V`.
 //!
-//! With an f16 cache the arithmetic follows llama.cpp's CPU path: the query is rounded to
-//! f16 before the dot products with the keys (ggml converts the f32 operand of an f16
-//! matrix product), scores and softmax run in f32, and the probabilities are rounded to f16
-//! before they weight the values.
+//! With an f16 cache the arithmetic is llama.cpp's CPU path, to the bit: the query is rounded
+//! to f16 before the dot products with the keys (ggml converts the f32 operand of an f16
+//! matrix product), scores and softmax run in f32, the probabilities are rounded to f16
+//! before they weight the values, and both products are summed in the order of the kernel
+//! llama.cpp would use for the batch ([`crate::sums`]). Packed (quantized) heads and the f32
+//! cache sum in their own order.
 
 use crate::mathf;
 use crate::store::{HeadStore, Rows};
