@@ -7,6 +7,7 @@ Run by hand after `source scripts/llamacpp_env.sh`:
 The Rust tests compare kvlens's tokenizer and greedy decoding (f16 KV cache) against it.
 """
 import json
+import random
 import sys
 
 import numpy as np
@@ -50,13 +51,16 @@ PROMPTS = [
     ("raw", "The quick brown fox jumps over the lazy dog. The quick brown fox"),
     ("raw", "Once upon a time, in a small village by the river,"),
     ("raw", "def add(a, b):\n    return"),
+    # 513 token ids drawn at random (seeded): llama.cpp runs the last one as a batch of its
+    # own (batches of 512), and on such a prompt that changes its logits.
+    ("ids513", ""),
 ]
 
 def main():
     path, out = sys.argv[1], sys.argv[2]
     # Only the last token's logits, as llama.cpp's own tools compute them (with every
     # token's, the output matrix of a prompt would go through another kernel).
-    kw = dict(model_path=path, n_ctx=512, n_batch=512, n_threads=2, verbose=False, seed=0, logits_all=False)
+    kw = dict(model_path=path, n_ctx=1024, n_batch=512, n_threads=2, verbose=False, seed=0, logits_all=False)
     try:
         llm = Llama(flash_attn=False, **kw)
     except TypeError:
@@ -69,17 +73,26 @@ def main():
     greedy = []
     for kind, p in PROMPTS:
         ids = llm.tokenize(p.encode("utf-8"), add_bos=False, special=True)
+        if kind == "ids513":
+            # (a draw on which summing the last token as a batch of several moves the logits
+            # by up to 0.43; on many other prompts it changes nothing)
+            rng = random.Random(1)
+            ids = [1] + [rng.randrange(100, 40000) for _ in range(512)]
+            p = llm.detokenize(ids).decode("utf-8", errors="replace")
         llm.reset()
         llm.eval(ids)
-        outs, margins = [], []
+        outs, margins, tops = [], [], []
         for _ in range(32):
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
             nxt = int(np.argmax(logits))
             top2 = np.sort(logits)[-2:]
             outs.append(nxt)
             margins.append(round(float(top2[1] - top2[0]), 4))
+            # The five largest logits, exactly (f32 values print and parse back exactly).
+            best = np.argsort(-logits, kind="stable")[:5]
+            tops.append([[int(i), float(logits[i])] for i in best])
             llm.eval([nxt])
-        greedy.append({"kind": kind, "prompt": p, "prompt_ids": ids, "tokens": outs, "margins": margins,
+        greedy.append({"kind": kind, "prompt": p, "prompt_ids": ids, "tokens": outs, "margins": margins, "top5": tops,
                        "text": llm.detokenize(outs).decode("utf-8", errors="replace")})
     doc = {
         "model": path.split("/")[-1],

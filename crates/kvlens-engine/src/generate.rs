@@ -54,6 +54,9 @@ impl Default for GenOptions {
     }
 }
 
+/// Tokens per batch in which llama.cpp processes a prompt (its default `n_ubatch`).
+pub const LLAMA_UBATCH: usize = 512;
+
 /// The default smallest last prompt chunk: any method with a window up to this size sees the
 /// same chunks as the baseline.
 pub const MIN_LAST_CHUNK: usize = 64;
@@ -172,6 +175,9 @@ pub fn prefill(
     for (i, &(a, b)) in chunks.iter().enumerate() {
         let last = i + 1 == chunks.len();
         cache.begin(Step::Prefill { last }, b - a);
+        // llama.cpp feeds a prompt in batches of 512 tokens; when the last one holds a single
+        // token, it sums that token's attention as a one-token batch.
+        cache.set_solo_last(last && prompt.len() % LLAMA_UBATCH == 1);
         logits = model
             .transformer
             .forward(&prompt[a..b], a, cache, Logits::Last);

@@ -68,7 +68,9 @@ fn chat_encoding_equals_llama_cpp_on_rendered_prompts() {
 }
 
 /// Free-running greedy decoding with the default f16 cache gives llama.cpp's 32 tokens on
-/// every golden prompt (past end-of-turn tokens too, as the fixture was made).
+/// every golden prompt (past end-of-turn tokens too, as the fixture was made), and its five
+/// largest logits at every step to the bit. One prompt has 513 tokens, which llama.cpp runs as a batch of 512
+/// and a batch of one (kvlens as 449 and 64, the last query summed as a one-token batch).
 ///
 /// This holds because kvlens reproduces llama.cpp's arithmetic to the bit (its activation
 /// rounding, fused multiply-adds and the summation orders of its kernels); the fixture's
@@ -93,6 +95,24 @@ fn greedy_tokens_equal_llama_cpp_with_f16_cache() {
         for i in 0..want.len() {
             let t = argmax(&logits);
             got.push(t);
+            // llama.cpp's five largest logits, to the bit: equal logits, not only the same
+            // winner, even where the winner is clear.
+            for pair in case["top5"][i].as_array().unwrap() {
+                let id = pair[0].as_u64().unwrap() as usize;
+                let theirs = pair[1].as_f64().unwrap() as f32;
+                if logits[id].to_bits() != theirs.to_bits() {
+                    failures.push(format!(
+                        "{:?} step {i}: logit of token {id} {}, llama.cpp's {theirs}",
+                        case["prompt"]
+                            .as_str()
+                            .unwrap()
+                            .chars()
+                            .take(40)
+                            .collect::<String>(),
+                        logits[id]
+                    ));
+                }
+            }
             cache.begin(Step::Decode, 1);
             logits = model
                 .transformer
@@ -118,7 +138,9 @@ fn greedy_tokens_equal_llama_cpp_with_f16_cache() {
 /// `KVLENS_LLAMACPP_TRACE=DIR cargo test --release -p kvlens-engine --test llamacpp_parity
 /// -- --ignored --nocapture trace`): every dumped intermediate tensor of the first golden
 /// prompt (kvlens's own written beside them as `ours-NAME.f32`), then the logits of every
-/// prompt along llama.cpp's greedy path.
+/// prompt along llama.cpp's greedy path. `KVLENS_LLAMACPP_CASES=FILE` names the cases the
+/// trace was made from (default: the golden fixture); `KVLENS_MIN_LAST_CHUNK=N` changes how
+/// kvlens chunks prompts longer than 512 tokens (the logits must not change).
 #[test]
 #[ignore = "needs a trace from scripts/llamacpp_trace.py"]
 fn trace_against_llama_cpp() {
@@ -157,7 +179,13 @@ fn trace_against_llama_cpp() {
     };
     let full = Spec::parse("full").unwrap();
     let vocab = model.transformer.config.vocab;
-    let opts = GenOptions::default();
+    let opts = GenOptions {
+        min_last_chunk: std::env::var("KVLENS_MIN_LAST_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64),
+        ..GenOptions::default()
+    };
     for (ci, case) in g["greedy"].as_array().unwrap().iter().enumerate() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["tokens"]);

@@ -310,10 +310,20 @@ impl Prepared {
             }));
         } else {
             probs.resize(limit.div_ceil(8) * 8, 0.0);
-            if self.f16 && order == SumOrder::Gemm {
-                sums::scores_t_gemm(qh, &self.kt, self.stride, probs);
-            } else {
-                scores_t(qh, &self.kt, self.stride, probs);
+            match (self.f16, order) {
+                (true, SumOrder::Gemm) => sums::scores_t_gemm(qh, &self.kt, self.stride, probs),
+                (true, SumOrder::Dot) => {
+                    // A query of a one-token batch inside a prompt chunk (rare): each key's
+                    // column gathered into a row.
+                    let mut k = [0f32; 256];
+                    for (j, p) in probs.iter_mut().enumerate().take(limit) {
+                        for (d, x) in k[..dim].iter_mut().enumerate() {
+                            *x = self.kt[d * self.stride + j];
+                        }
+                        *p = sums::dot(order, qh, &k[..dim]);
+                    }
+                }
+                (false, _) => scores_t(qh, &self.kt, self.stride, probs),
             }
             probs.truncate(limit);
         }

@@ -72,6 +72,9 @@ pub struct KvCache {
     /// Bytes per layer and the peak when the prompt's last chunk began (for forks' peaks).
     bytes_before_last: Vec<usize>,
     peak_before_last: usize,
+    /// The step's last query is one llama.cpp would run as a batch of its own: its attention
+    /// products are summed in the one-token order ([`crate::sums::SumOrder`]).
+    solo_last: bool,
 }
 
 impl KvCache {
@@ -104,6 +107,7 @@ impl KvCache {
             record: Needs::default(),
             bytes_before_last: vec![0; shape.n_layers],
             peak_before_last: 0,
+            solo_last: false,
         }
     }
 
@@ -166,6 +170,7 @@ impl KvCache {
             record: Needs::default(),
             bytes_before_last: self.bytes_before_last.clone(),
             peak_before_last: self.peak_before_last,
+            solo_last: false,
         };
         // Its own run would have pushed layer l's last chunk with layers < l compressed and
         // layers > l still as before the chunk.
@@ -241,6 +246,14 @@ impl KvCache {
         }
         self.step = step;
         self.seen += n_new;
+        self.solo_last = false;
+    }
+
+    /// Marks the step's last query as one llama.cpp would run alone (a prompt of
+    /// `512·k + 1` tokens: its last batch of 512 holds one token), so that its attention is
+    /// summed as llama.cpp sums a one-token batch. Cleared by [`KvCache::begin`].
+    pub fn set_solo_last(&mut self, solo: bool) {
+        self.solo_last = solo;
     }
 
     /// Tokens a full cache would hold now.
@@ -339,6 +352,7 @@ impl KvCache {
         }
         let prepared: &[(Prepared, Vec<f32>)] = if use_prepared { &self.prepared } else { &[] };
         let blocks = n.div_ceil(QUERY_BLOCK);
+        let solo_last = self.solo_last;
         // Per (query head, block of queries): outputs, and what the method asked to see.
         let passes: Vec<HeadPass> = (0..n_heads * blocks)
             .into_par_iter()
@@ -354,17 +368,19 @@ impl KvCache {
                 let mut win = Vec::new();
                 for t in t0..t1 {
                     let qo = (t * n_heads + h) * dim;
+                    // The batch size whose summation order this query follows.
+                    let batch = if solo_last && t + 1 == n { 1 } else { n };
                     let o = &mut outs[(t - t0) * dim..(t - t0 + 1) * dim];
                     match prepared.get(h / group).map(|(p, _)| p) {
                         Some(p) => {
-                            p.attend(base + t + 1, &q[qo..qo + dim], scale, n, o, &mut probs)
+                            p.attend(base + t + 1, &q[qo..qo + dim], scale, batch, o, &mut probs)
                         }
                         None => attend_head(
                             store,
                             base + t + 1,
                             &q[qo..qo + dim],
                             scale,
-                            n,
+                            batch,
                             o,
                             &mut probs,
                         ),
