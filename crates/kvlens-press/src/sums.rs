@@ -150,7 +150,7 @@ unsafe fn scores_t_gemm_fma(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32
     } else {
         0
     };
-    x86::scores_t_gemm(q, &kt[full..], stride, &mut out[full..])
+    x86::scores_t_gemm8(q, &kt[full..], stride, &mut out[full..])
 }
 
 #[inline(always)]
@@ -492,109 +492,165 @@ mod x86 {
         *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
     }
 
-    /// [`scores_t_gemm`] with 16 keys per 512-bit register (the same operations per key).
+    /// A register of `W` f32 lanes: what the transposed-key score kernels need of it, so that
+    /// one body serves 256- and 512-bit registers.
+    pub trait Vf: Copy {
+        const W: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn set1(x: f32) -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+    }
+
+    impl Vf for __m256 {
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn set1(x: f32) -> Self {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm256_add_ps(a, b)
+        }
+    }
+
+    impl Vf for __m512 {
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn set1(x: f32) -> Self {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm512_add_ps(a, b)
+        }
+    }
+
+    /// [`super::scores_t_gemm`] with 8 keys per 256-bit register (`out.len()` a multiple of 8).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_t_gemm8(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
+        scores_t_gemm_v::<__m256>(q, kt, stride, out)
+    }
+
+    /// [`super::scores_t_gemm`] with 16 keys per 512-bit register (`out.len()` a multiple of
+    /// 16); heads of 64 hold their query broadcasts in registers.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scores_t_gemm16(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
-        let dim = q.len();
-        if dim == 64 {
-            return scores_t_gemm16_64(q, kt, stride, out);
+        if q.len() == 64 {
+            scores_t_gemm64_v::<__m512>(q, kt, stride, out)
+        } else {
+            scores_t_gemm_v::<__m512>(q, kt, stride, out)
         }
-        let lane = |l: usize, j: usize| -> __m512 {
-            let mut a = _mm512_setzero_ps();
+    }
+
+    /// `V::W` keys per register; lanes `i, i + 4, i + 8, i + 12` are summed and folded into
+    /// the reduction tree's `t6[i]` before the next four, so few registers are live.
+    #[inline(always)]
+    unsafe fn scores_t_gemm_v<V: Vf>(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
+        let dim = q.len();
+        let lane = |l: usize, j: usize| -> V {
+            let mut a = V::zero();
             let mut d = l;
             while d < dim {
-                a = _mm512_fmadd_ps(
-                    _mm512_set1_ps(*q.get_unchecked(d)),
-                    _mm512_loadu_ps(kt.as_ptr().add(d * stride + j)),
-                    a,
-                );
+                let k = V::load(kt.as_ptr().add(d * stride + j));
+                a = V::fmadd(V::set1(*q.get_unchecked(d)), k, a);
                 d += 16;
             }
             a
         };
-        for j in (0..out.len()).step_by(16) {
-            let mut t6 = [_mm512_setzero_ps(); 4];
+        for j in (0..out.len()).step_by(V::W) {
+            let mut t6 = [V::zero(); 4];
             for (i, t) in t6.iter_mut().enumerate() {
-                let t3_lo = _mm512_add_ps(lane(i + 8, j), lane(i, j));
-                let t3_hi = _mm512_add_ps(lane(i + 12, j), lane(i + 4, j));
-                *t = _mm512_add_ps(t3_hi, t3_lo);
+                // t3[i] = a[i + 8] + a[i]; t3[i + 4] = a[i + 12] + a[i + 4]; t6 = t3[i + 4] + t3[i].
+                let t3_lo = V::add(lane(i + 8, j), lane(i, j));
+                let t3_hi = V::add(lane(i + 12, j), lane(i + 4, j));
+                *t = V::add(t3_hi, t3_lo);
             }
-            let t8_0 = _mm512_add_ps(t6[0], t6[2]);
-            let t8_1 = _mm512_add_ps(t6[1], t6[3]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_add_ps(t8_0, t8_1));
+            let t8_0 = V::add(t6[0], t6[2]);
+            let t8_1 = V::add(t6[1], t6[3]);
+            V::add(t8_0, t8_1).store(out.as_mut_ptr().add(j));
         }
     }
 
-    /// [`scores_t_gemm16`] for heads of 64: the reduction tree's four groups `t6[i]` (lanes
+    thread_local! {
+        static T6: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`scores_t_gemm_v`] for heads of 64: the reduction tree's four groups `t6[i]` (lanes
     /// `i, i + 4, i + 8, i + 12`) one at a time over all keys, the group's 16 query values
-    /// broadcast once into registers; the groups' sums wait in `out` and a scratch row.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn scores_t_gemm16_64(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
+    /// broadcast once into registers (16 of them: for 512-bit registers, of which there are
+    /// 32); the groups' sums wait in a per-thread scratch row.
+    #[inline(always)]
+    unsafe fn scores_t_gemm64_v<V: Vf>(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
         let n = out.len();
-        let mut t6 = vec![0f32; 4 * n];
+        // The scratch row is taken out of the thread-local, not used inside its closure: the
+        // closure would not inherit this function's target features, and the intrinsics in it
+        // would become calls.
+        let mut t6 = T6.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        t6.clear();
+        t6.resize(4 * n, 0.0);
         for i in 0..4 {
             // qb[4k + s] = q[lane_k + 16 s] for the group's lanes (i, i + 4, i + 8, i + 12).
-            let qb: [__m512; 16] =
-                std::array::from_fn(|x| _mm512_set1_ps(q[i + 4 * (x / 4) + 16 * (x % 4)]));
-            let row = |x: usize, j: usize| {
-                kt.as_ptr()
-                    .add((i + 4 * (x / 4) + 16 * (x % 4)) * stride + j)
-            };
-            let lane = |k: usize, j: usize| -> __m512 {
-                let mut a = _mm512_setzero_ps();
+            let at = |x: usize| i + 4 * (x / 4) + 16 * (x % 4);
+            let qb: [V; 16] = std::array::from_fn(|x| V::set1(q[at(x)]));
+            let lane = |k: usize, j: usize| -> V {
+                let mut a = V::zero();
                 for s in 0..4 {
-                    a = _mm512_fmadd_ps(qb[4 * k + s], _mm512_loadu_ps(row(4 * k + s, j)), a);
+                    let x = 4 * k + s;
+                    a = V::fmadd(qb[x], V::load(kt.as_ptr().add(at(x) * stride + j)), a);
                 }
                 a
             };
             let dst = t6.as_mut_ptr().add(i * n);
-            for j in (0..n).step_by(16) {
+            for j in (0..n).step_by(V::W) {
                 // lanes k = 0..4 are i, i + 4, i + 8, i + 12.
-                let t3_lo = _mm512_add_ps(lane(2, j), lane(0, j));
-                let t3_hi = _mm512_add_ps(lane(3, j), lane(1, j));
-                _mm512_storeu_ps(dst.add(j), _mm512_add_ps(t3_hi, t3_lo));
+                let t3_lo = V::add(lane(2, j), lane(0, j));
+                let t3_hi = V::add(lane(3, j), lane(1, j));
+                V::add(t3_hi, t3_lo).store(dst.add(j));
             }
         }
         let t = t6.as_ptr();
-        for j in (0..n).step_by(16) {
-            let g = |i: usize| _mm512_loadu_ps(t.add(i * n + j));
-            let t8_0 = _mm512_add_ps(g(0), g(2));
-            let t8_1 = _mm512_add_ps(g(1), g(3));
-            _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_add_ps(t8_0, t8_1));
+        for j in (0..n).step_by(V::W) {
+            let g = |i: usize| V::load(t.add(i * n + j));
+            let t8_0 = V::add(g(0), g(2));
+            let t8_1 = V::add(g(1), g(3));
+            V::add(t8_0, t8_1).store(out.as_mut_ptr().add(j));
         }
-    }
-
-    /// [`super::scores_t_gemm`]: 8 keys per register; lanes `i, i + 4, i + 8, i + 12` are
-    /// summed and folded into the reduction tree's `t6[i]` before the next four, so few
-    /// registers are live.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores_t_gemm(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
-        let dim = q.len();
-        let lane = |l: usize, j: usize| -> __m256 {
-            let mut a = _mm256_setzero_ps();
-            let mut d = l;
-            while d < dim {
-                a = _mm256_fmadd_ps(
-                    _mm256_set1_ps(*q.get_unchecked(d)),
-                    _mm256_loadu_ps(kt.as_ptr().add(d * stride + j)),
-                    a,
-                );
-                d += 16;
-            }
-            a
-        };
-        for j in (0..out.len()).step_by(8) {
-            let mut t6 = [_mm256_setzero_ps(); 4];
-            for (i, t) in t6.iter_mut().enumerate() {
-                // t3[i] = a[i + 8] + a[i]; t3[i + 4] = a[i + 12] + a[i + 4]; t6 = t3[i + 4] + t3[i].
-                let t3_lo = _mm256_add_ps(lane(i + 8, j), lane(i, j));
-                let t3_hi = _mm256_add_ps(lane(i + 12, j), lane(i + 4, j));
-                *t = _mm256_add_ps(t3_hi, t3_lo);
-            }
-            let t8_0 = _mm256_add_ps(t6[0], t6[2]);
-            let t8_1 = _mm256_add_ps(t6[1], t6[3]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_add_ps(t8_0, t8_1));
-        }
+        T6.with(|cell| *cell.borrow_mut() = t6);
     }
 }
 
