@@ -350,7 +350,7 @@ impl Prepared {
 fn scores_t(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected; `out.len() ≤ stride`, a multiple of 8.
             unsafe { x86::scores_t(q, kt, stride, out) };
             return;
@@ -369,7 +369,7 @@ fn scores_t(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
 fn weighted_sum(p: &[f32], v: &[f32], dim: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() && dim == 64 {
+        if crate::cpu::avx2() && dim == 64 {
             // SAFETY: features detected; `v` holds `p.len()` rows of 64.
             unsafe { x86::weighted_sum64(p, v, out) };
             return;
@@ -385,7 +385,7 @@ fn weighted_sum(p: &[f32], v: &[f32], dim: usize, out: &mut [f32]) {
 pub fn softmax_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected; the same code with fused multiply-adds inlined.
             unsafe { softmax_fma(x) };
             return;
@@ -455,7 +455,7 @@ fn softmax_impl(x: &mut [f32]) {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() && a.len().is_multiple_of(8) {
+        if crate::cpu::avx2() && a.len().is_multiple_of(8) {
             // SAFETY: the features were detected at run time; lengths are equal multiples of 8.
             return unsafe { x86::dot_f32(a, b) };
         }
@@ -466,7 +466,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() && a.len().is_multiple_of(8) {
+        if crate::cpu::avx2() && a.len().is_multiple_of(8) {
             // SAFETY: as above.
             return unsafe { x86::dot_f16(a, b) };
         }
@@ -485,7 +485,7 @@ pub fn axpy_f32(out: &mut [f32], p: f32, v: &[f32]) {
 pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma_f16c() && out.len().is_multiple_of(8) {
+        if crate::cpu::avx2() && out.len().is_multiple_of(8) {
             // SAFETY: as above.
             unsafe { x86::axpy_f16(out, p, v) };
             return;
@@ -494,17 +494,6 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     for (o, x) in out.iter_mut().zip(v) {
         *o += p * x.to_f32();
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx2_fma_f16c() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    })
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod cpu;
 pub mod mathf;
 pub mod method;
 pub mod methods;

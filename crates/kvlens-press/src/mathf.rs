@@ -89,7 +89,7 @@ pub fn silu(x: f32) -> f32 {
 pub fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::attention::has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected; the same code with fused multiply-adds inlined.
             unsafe { swiglu_fma(g, u) };
             return;
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn vector_exp_has_the_scalar_bits() {
         use std::arch::x86_64::*;
-        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+        if !crate::cpu::avx2() {
             return;
         }
         for i in -1300..100 {

@@ -57,7 +57,7 @@ impl SumOrder {
 pub fn round_f16(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::attention::has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected.
             unsafe { x86::round_f16(x) };
             return;
@@ -73,7 +73,7 @@ pub fn round_f16(x: &mut [f32]) {
 pub fn dot(order: SumOrder, q: &[f32], k: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::attention::has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected; the same operations with fused multiply-adds inlined.
             return unsafe { dot_fma(order, q, k) };
         }
@@ -131,7 +131,7 @@ fn pairwise4(s: &[f32; 64]) -> [f32; 16] {
 pub fn scores_t_gemm(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::attention::has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected; the same operations with fused multiply-adds inlined.
             unsafe { scores_t_gemm_fma(q, kt, stride, out) };
             return;
@@ -143,7 +143,7 @@ pub fn scores_t_gemm(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scores_t_gemm_fma(q: &[f32], kt: &[f32], stride: usize, out: &mut [f32]) {
-    let full = if x86::has_avx512() {
+    let full = if crate::cpu::avx512f() {
         let full = out.len() / 16 * 16;
         x86::scores_t_gemm16(q, kt, stride, &mut out[..full]);
         full
@@ -220,7 +220,7 @@ pub fn weighted_rows(
 fn axpy(acc: &mut [f32], p: f32, v: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::attention::has_avx2_fma_f16c() {
+        if crate::cpu::avx2() {
             // SAFETY: features detected.
             unsafe { axpy_fma(acc, p, v) };
             return;
@@ -264,8 +264,7 @@ pub fn scores_f16(order: SumOrder, q: &[f32], k: &[half::f16], scale: f32, out: 
     let dim = q.len();
     #[cfg(target_arch = "x86_64")]
     {
-        if order == SumOrder::Dot && dim.is_multiple_of(64) && crate::attention::has_avx2_fma_f16c()
-        {
+        if order == SumOrder::Dot && dim.is_multiple_of(64) && crate::cpu::avx2() {
             // SAFETY: features detected; `k` holds `out.len()` rows of `dim`.
             unsafe { x86::scores_f16_dot(q, k, scale, out) };
             return;
@@ -285,13 +284,13 @@ pub fn values_f16(order: SumOrder, p: &[f32], v: &[half::f16], out: &mut [f32]) 
     let dim = out.len();
     #[cfg(target_arch = "x86_64")]
     {
-        if dim.is_multiple_of(8) && crate::attention::has_avx2_fma_f16c() {
+        if dim.is_multiple_of(8) && crate::cpu::avx2() {
             with_lanes(order, dim, |lanes| {
                 // SAFETY: features detected; `v` holds `p.len()` rows of `dim`, a multiple
                 // of 8; `lanes` holds one row of `dim` per lane.
                 unsafe {
                     let v = v.as_ptr() as *const <x86::F16Rows as x86::Rows>::Elem;
-                    if dim.is_multiple_of(16) && x86::has_avx512() {
+                    if dim.is_multiple_of(16) && crate::cpu::avx512f() {
                         x86::lanes16::<x86::F16Rows>(order.lanes(), p, v, dim, lanes)
                     } else {
                         x86::lanes::<x86::F16Rows>(order.lanes(), p, v, dim, lanes)
@@ -314,12 +313,12 @@ pub fn values_f32(order: SumOrder, p: &[f32], v: &[f32], out: &mut [f32]) {
     let dim = out.len();
     #[cfg(target_arch = "x86_64")]
     {
-        if dim.is_multiple_of(8) && crate::attention::has_avx2_fma_f16c() {
+        if dim.is_multiple_of(8) && crate::cpu::avx2() {
             with_lanes(order, dim, |lanes| {
                 // SAFETY: as in `values_f16`.
                 unsafe {
                     let v = v.as_ptr() as *const <x86::F32Rows as x86::Rows>::Elem;
-                    if dim.is_multiple_of(16) && x86::has_avx512() {
+                    if dim.is_multiple_of(16) && crate::cpu::avx512f() {
                         x86::lanes16::<x86::F32Rows>(order.lanes(), p, v, dim, lanes)
                     } else {
                         x86::lanes::<x86::F32Rows>(order.lanes(), p, v, dim, lanes)
@@ -484,12 +483,6 @@ mod x86 {
         for v in chunks.into_remainder() {
             *v = half::f16::from_f32(*v).to_f32();
         }
-    }
-
-    pub fn has_avx512() -> bool {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
     }
 
     /// A register of `W` f32 lanes: what the transposed-key score kernels need of it, so that

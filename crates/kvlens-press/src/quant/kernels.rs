@@ -40,7 +40,7 @@ impl Format {
             && start.is_multiple_of(8)
             && stride.is_multiple_of(8)
             && width.is_multiple_of(8)
-            && crate::attention::has_avx2_fma_f16c()
+            && crate::cpu::avx2()
     }
 }
 
