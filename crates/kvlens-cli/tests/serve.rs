@@ -226,9 +226,17 @@ fn a_run_through_kvlens_serve_equals_the_same_run_done_locally() {
     );
 
     // The analysis of the remote folder runs with the remote baseline.
-    let a = ok(cmd(&["analyze", remote_out.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap());
+    let analysis = remote_out.join("analysis");
+    let a = ok(cmd(&[
+        "analyze",
+        remote_out.to_str().unwrap(),
+        "--json",
+        "--out",
+        analysis.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap());
+    assert!(analysis.join("tasks.csv").is_file());
     let v: serde_json::Value = serde_json::from_str(&a).unwrap();
     assert!(v["tasks"].as_array().is_some_and(|t| !t.is_empty()), "{v}");
 }
