@@ -73,6 +73,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--context and --new-tokens must be at least 1");
     }
     let ids = prompt(&model, a.context)?;
+    // Formats without a kernel of kvlens's own run slower (and not with llama.cpp's bits).
+    eprintln!(
+        "kvlens: weights {}; {}",
+        model.transformer.weight_format(),
+        model.transformer.weight_kernels()
+    );
     let mut rows = Vec::new();
     for spec in &specs {
         let mut cache = model.new_cache(spec, a.model.dtype());

@@ -119,11 +119,18 @@ struct GenerateArgs {
     #[arg(long, default_value = "full")]
     method: String,
     /// The prompt text; `@FILE` reads it from a file, `-` from standard input.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as token ids, comma-separated (exactly these, no BOS added): for comparing
+    /// with another engine on the same ids.
+    #[arg(long, conflicts_with_all = ["prompt", "chat"], value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     chat: bool,
+    /// With --json: the K largest logits before each generated token, as [id, logit] pairs.
+    #[arg(long, default_value_t = 0)]
+    top_logits: usize,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -304,9 +311,12 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     if a.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    let prompt = read_prompt(&a.prompt)?;
     let model = a.model.load()?;
-    let ids = model.encode_prompt(&prompt, a.chat)?;
+    let ids = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => model.encode_prompt(&read_prompt(p)?, a.chat)?,
+        (None, None) => bail!("give --prompt or --prompt-ids"),
+    };
     let dtype = a.model.dtype();
     let mut cache = model.new_cache(&spec, dtype);
     let opts = GenOptions {
@@ -318,6 +328,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             seed: a.seed,
         },
         stop: a.stop.clone(),
+        top_logits: a.top_logits,
         ..GenOptions::default()
     };
     let g = generate(&model, &mut cache, &ids, &opts)?;
@@ -326,6 +337,10 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.insert("model".into(), model.name.clone().into());
             o.insert("weights".into(), model.transformer.weight_format().into());
+            o.insert(
+                "weight_kernels".into(),
+                model.transformer.weight_kernels().into(),
+            );
             o.insert("method".into(), spec.canonical().into());
             o.insert("kv_dtype".into(), dtype.name().into());
             o.insert("sampling".into(), serde_json::to_value(&opts.sampling)?);

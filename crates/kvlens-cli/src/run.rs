@@ -296,6 +296,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         model_sha256: hash_model_files(&model.path)?,
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         threads: rayon::current_num_threads(),
+        weights: model.transformer.weight_format(),
+        weight_kernels: model.transformer.weight_kernels(),
     };
     write_run_file(&out, &cfg, &prov)?;
     eprintln!(

@@ -40,6 +40,9 @@ pub struct GenOptions {
     /// is larger), so that chunk boundaries do not depend on the method and a shared
     /// prefill equals each method's own.
     pub min_last_chunk: usize,
+    /// Keeps this many of the largest logits before each generated token
+    /// ([`Generation::top_logits`]); 0 keeps none.
+    pub top_logits: usize,
 }
 
 impl Default for GenOptions {
@@ -50,6 +53,7 @@ impl Default for GenOptions {
             stop: Vec::new(),
             prefill_chunk: 512,
             min_last_chunk: MIN_LAST_CHUNK,
+            top_logits: 0,
         }
     }
 }
@@ -94,6 +98,10 @@ pub struct Generation {
     pub kv_bytes_full: usize,
     /// Tokens kept at the end, averaged over layers and heads.
     pub kv_tokens_kept: f64,
+    /// Per generated token, the largest logits before it was chosen, as (id, logit), when
+    /// asked for ([`GenOptions::top_logits`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_logits: Vec<Vec<(u32, f32)>>,
 }
 
 /// Prompt chunks of `chunk` tokens, except the last, which holds at least `min_last` tokens
@@ -221,7 +229,11 @@ pub fn decode_with(
     let mut text = String::new();
     let mut ttft_ms = 0.0;
     let mut t_prev = Instant::now();
+    let mut top_logits = Vec::new();
     while tokens.len() < opts.max_new_tokens {
+        if opts.top_logits > 0 {
+            top_logits.push(largest(&logits, opts.top_logits));
+        }
         let next = sample(&mut logits, &opts.sampling, &mut rng);
         if tokens.is_empty() {
             ttft_ms = since_start(start);
@@ -283,7 +295,20 @@ pub fn decode_with(
         kv_bytes_end: cache.bytes(),
         kv_bytes_full: cache.full_bytes(),
         kv_tokens_kept: cache.tokens_kept_mean(),
+        top_logits,
     })
+}
+
+/// The `k` largest logits as (id, logit), largest first (ties: the smaller id first).
+fn largest(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    ids.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    ids.truncate(k);
+    ids.into_iter().map(|i| (i, logits[i as usize])).collect()
 }
 
 fn ms(t: Instant) -> f64 {

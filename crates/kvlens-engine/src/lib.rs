@@ -241,21 +241,18 @@ impl Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let take = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+        let take = |name: &str| -> Result<Option<(Vec<f32>, Vec<usize>)>> {
             for st in &tensors {
                 if let Ok(t) = st.tensor(name) {
-                    return to_f32(&t).map(|v| (v, t.shape().to_vec())).ok_or_else(|| {
-                        EngineError::Model {
+                    return to_f32(&t)
+                        .map(|v| Some((v, t.shape().to_vec())))
+                        .ok_or_else(|| EngineError::Model {
                             path: dir.to_path_buf(),
                             msg: format!("tensor `{name}` has unsupported dtype {:?}", t.dtype()),
-                        }
-                    });
+                        });
                 }
             }
-            Err(EngineError::Model {
-                path: dir.to_path_buf(),
-                msg: format!("tensor `{name}` is missing"),
-            })
+            Ok(None)
         };
         Transformer::from_hf(dir, cfg, take)
     }

@@ -14,6 +14,19 @@ use std::str::FromStr;
 /// Llama 3's split pattern (`llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's split pattern: Llama 3's with digits one by one.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Token texts that end generation wherever a vocabulary marks them as control tokens.
+const END_TOKENS: [&str; 6] = [
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|end|>",
+    "<end_of_turn>",
+];
+
 pub struct Tokenizer {
     /// Recognizes special tokens in the text (for template markers).
     special: tokenizers::Tokenizer,
@@ -61,8 +74,22 @@ impl Tokenizer {
             .ok()
             .into_iter()
             .collect();
-        if let Ok(e) = g.u32("tokenizer.ggml.eot_token_id") {
-            eos.push(e);
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            if let Ok(e) = g.u32(key) {
+                eos.push(e);
+            }
+        }
+        // As llama.cpp's vocabulary loader: control tokens spelled as a known end of turn or
+        // of text end generation too (Qwen ends turns with <|im_end|> and text with
+        // <|endoftext|>, and names only one of them).
+        let types = g.i32s("tokenizer.ggml.token_type").unwrap_or_default();
+        if let Ok(tokens) = g.strings("tokenizer.ggml.tokens") {
+            for (i, t) in tokens.iter().enumerate() {
+                let control = types.get(i).is_some_and(|&ty| ty == 3);
+                if control && END_TOKENS.contains(t) && !eos.contains(&(i as u32)) {
+                    eos.push(i as u32);
+                }
+            }
         }
         let add_bos = g
             .get("tokenizer.ggml.add_bos_token")
@@ -136,10 +163,14 @@ fn gguf_tokenizer_json(g: &Gguf) -> Result<Value> {
             "type": "Sequence",
             "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]
         }),
+        "qwen2" | "deepseek-r1-qwen" => json!({
+            "type": "Sequence",
+            "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]
+        }),
         other => {
             return Err(EngineError::Tokenizer(format!(
                 "{}: pre-tokenizer `{other}` is not supported; supported: default, gpt2, smollm, \
-                 starcoder, refact, command-r, codeshell, exaone, minerva, llama3, llama-bpe; \
+                 starcoder, refact, command-r, codeshell, exaone, minerva, llama3, llama-bpe, qwen2; \
                  or put the model's tokenizer.json next to the .gguf file",
                 g.path.display()
             )))

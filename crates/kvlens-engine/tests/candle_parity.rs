@@ -17,7 +17,7 @@ use common::{default_model, default_model_path, golden, ids};
 use kvlens_engine::generate::argmax;
 use kvlens_engine::gguf::Gguf;
 use kvlens_engine::model::gguf_weight;
-use kvlens_engine::quant::Q8Acts;
+use kvlens_engine::quant::Input;
 use kvlens_engine::Logits;
 use kvlens_press::{KvDtype, Spec, Step};
 
@@ -45,7 +45,7 @@ fn quantized_products_equal_candle_qmatmul() {
             })
             .collect();
         let mut y = vec![0f32; n * ours.rows()];
-        ours.matmul(&x, &Q8Acts::quantize(&x, cols), &mut y);
+        ours.matmul(&Input::new(&x, cols), &mut y);
         let t = Tensor::from_slice(&x, (n, cols), &Device::Cpu).unwrap();
         let want = theirs
             .forward(&t)
@@ -211,4 +211,99 @@ fn logits_equal_candle_within_1e_3_on_an_f32_copy_with_f32_cache() {
         steps += 1;
     });
     eprintln!("f32 copy against candle: max |Δlogit| {worst} over {steps} steps");
+}
+
+/// A copy of the default model in `dir` with the matrices whose names end with one of
+/// `changes`' suffixes requantized to that format (from their dequantized values), the rest
+/// as they are: the kind of file llama.cpp's quantizer writes when it mixes formats.
+fn mixed_copy(
+    dir: &std::path::Path,
+    changes: &[(&str, candle_core::quantized::GgmlDType)],
+) -> std::path::PathBuf {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let src = default_model_path();
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .iter()
+        .map(|&name| {
+            let q = content.tensor(&mut f, name, &Device::Cpu).unwrap();
+            let q = match changes.iter().find(|(suffix, _)| name.ends_with(suffix)) {
+                Some(&(_, dtype)) => {
+                    QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
+                }
+                None => q,
+            };
+            (name.clone(), q)
+        })
+        .collect();
+    let mut meta: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    meta.sort_by_key(|m| m.0);
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let path = dir.join("smollm2-135m-mixed.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    gguf_file::write(&mut out, &meta, &refs).unwrap();
+    std::io::Write::flush(&mut out).unwrap();
+    path
+}
+
+/// The file of the bug report that started kvlens's per-matrix activations: the default
+/// model with every `attn_q` in F16 and every `attn_v` in Q8_0 printed a line of dashes
+/// (`attn_k` and `attn_v` read activations quantized for `attn_q`'s kernel, which had none).
+#[test]
+fn a_mixed_format_copy_of_the_default_model_follows_candle_and_answers_in_words() {
+    use candle_core::quantized::GgmlDType;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = mixed_copy(
+        tmp.path(),
+        &[
+            ("attn_q.weight", GgmlDType::F16),
+            ("attn_v.weight", GgmlDType::Q8_0),
+        ],
+    );
+    let model = kvlens_engine::Model::from_gguf(&path).unwrap();
+    assert_eq!(model.transformer.weight_format(), "f16+q4_1+q8_0");
+    assert_eq!(
+        model.transformer.weight_kernels(),
+        "all on kvlens's kernels"
+    );
+    let (mut clear, mut worst) = (0, 0f32);
+    along_candles_path(&model, &path, |case, step, ours, theirs| {
+        worst = worst.max(max_abs_diff(ours, theirs));
+        if margin(theirs) >= 1.0 {
+            clear += 1;
+            assert_eq!(
+                argmax(ours),
+                argmax(theirs),
+                "step {step} of {:?}",
+                case["prompt"]
+            );
+        }
+    });
+    assert!(clear >= 20, "only {clear} clear steps");
+    let case = &golden()["greedy"][0];
+    let prompt = ids(&case["prompt_ids"]);
+    let mut cache = model.new_cache(&Spec::parse("full").unwrap(), KvDtype::F16);
+    let opts = kvlens_engine::GenOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let g = kvlens_engine::generate(&model, &mut cache, &prompt, &opts).unwrap();
+    let chars = g.text.chars().count();
+    let letters = g.text.chars().filter(|c| c.is_alphabetic()).count();
+    eprintln!(
+        "mixed copy: {clear} clear steps agree with candle (max |Δlogit| {worst}); answers {:?}",
+        g.text
+    );
+    assert!(
+        letters * 2 >= chars && chars > 10,
+        "not words: {:?}",
+        g.text
+    );
 }

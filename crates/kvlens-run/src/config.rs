@@ -380,6 +380,8 @@ mod tests {
                 model_sha256: "0".into(),
                 command_line: String::new(),
                 threads: 1,
+                weights: "q4_1".into(),
+                weight_kernels: String::new(),
             },
         };
         let run_toml = dir.path().join("run.toml");

@@ -265,6 +265,12 @@ pub struct Provenance {
     /// Worker threads of the engine (outputs do not depend on it; times do).
     #[serde(default)]
     pub threads: usize,
+    /// The formats of the model's matrices (`q4_1+q8_0`).
+    #[serde(default)]
+    pub weights: String,
+    /// Which matrices ran on candle's kernels rather than kvlens's own (llama.cpp's bits).
+    #[serde(default)]
+    pub weight_kernels: String,
 }
 
 fn short(hash: &str) -> &str {

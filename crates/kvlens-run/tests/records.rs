@@ -157,6 +157,8 @@ fn a_run_folder_refuses_other_weights_and_other_settings() {
         model_sha256: "ab".repeat(32),
         command_line: "kvlens run".into(),
         threads: 2,
+        weights: "q4_1+q8_0".into(),
+        weight_kernels: "all on kvlens's kernels".into(),
     };
     let cfg = RunConfig::default().with_defaults();
     write_run_file(dir.path(), &cfg, &prov).unwrap();

@@ -1,0 +1,899 @@
+//! Every architecture kvlens runs, on tiny models with random weights written by the test:
+//! as safetensors + config.json against candle-transformers' model for that architecture
+//! (Llama with Llama 3.1 rope scaling, Qwen2, Qwen3), and as GGUF files, with formats mixed
+//! matrix by matrix, against candle's quantized model for it. Every check walks candle's
+//! greedy path: a 6-token prompt, then 6 decode steps, comparing the logits at each step.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use kvlens_engine::generate::argmax;
+use kvlens_engine::{Logits, Model};
+use kvlens_press::{KvDtype, Spec, Step};
+use std::path::{Path, PathBuf};
+
+const DIM: usize = 256;
+const FFN: usize = 512;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const LAYERS: usize = 2;
+const VOCAB: usize = 96;
+const PROMPT: [u32; 6] = [1, 17, 33, 5, 60, 71];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arch {
+    /// Llama with Llama 3.1 rope scaling.
+    Llama3,
+    /// Biases on q, k and v.
+    Qwen2,
+    /// RMSNorm per head of q and k; heads of 128 (not `DIM / HEADS`).
+    Qwen3,
+}
+
+impl Arch {
+    fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama3 => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+
+    fn head_dim(self) -> usize {
+        match self {
+            Arch::Qwen3 => 128,
+            _ => DIM / HEADS,
+        }
+    }
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4
+    }
+}
+
+/// Random weights by Hugging Face tensor name, with their shapes.
+fn hf_tensors(arch: Arch, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let hd = arch.head_dim();
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![VOCAB, DIM])];
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        let mut add = |n: &str, s: Vec<usize>| shapes.push((format!("{p}.{n}"), s));
+        add("self_attn.q_proj.weight", vec![HEADS * hd, DIM]);
+        add("self_attn.k_proj.weight", vec![KV_HEADS * hd, DIM]);
+        add("self_attn.v_proj.weight", vec![KV_HEADS * hd, DIM]);
+        add("self_attn.o_proj.weight", vec![DIM, HEADS * hd]);
+        if arch == Arch::Qwen2 {
+            add("self_attn.q_proj.bias", vec![HEADS * hd]);
+            add("self_attn.k_proj.bias", vec![KV_HEADS * hd]);
+            add("self_attn.v_proj.bias", vec![KV_HEADS * hd]);
+        }
+        if arch == Arch::Qwen3 {
+            add("self_attn.q_norm.weight", vec![hd]);
+            add("self_attn.k_norm.weight", vec![hd]);
+        }
+        add("mlp.gate_proj.weight", vec![FFN, DIM]);
+        add("mlp.up_proj.weight", vec![FFN, DIM]);
+        add("mlp.down_proj.weight", vec![DIM, FFN]);
+        add("input_layernorm.weight", vec![DIM]);
+        add("post_attention_layernorm.weight", vec![DIM]);
+    }
+    shapes.push(("model.norm.weight".into(), vec![DIM]));
+    shapes.push(("lm_head.weight".into(), vec![VOCAB, DIM]));
+    let mut rng = Lcg(seed);
+    shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let norm = name.ends_with("norm.weight");
+            let data = (0..n)
+                .map(|_| if norm { 1.0 + rng.next() } else { rng.next() })
+                .collect();
+            (name, shape, data)
+        })
+        .collect()
+}
+
+fn config_json(arch: Arch) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "hidden_size": DIM, "intermediate_size": FFN, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "num_hidden_layers": LAYERS, "vocab_size": VOCAB,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false,
+        "hidden_act": "silu", "sliding_window": 4096, "max_window_layers": LAYERS,
+        "use_sliding_window": false
+    });
+    let o = c.as_object_mut().unwrap();
+    match arch {
+        Arch::Llama3 => {
+            o.insert("model_type".into(), "llama".into());
+            // Short wavelengths kept, long ones slowed, those between blended: with heads of
+            // 64 and base 10⁴ the 32 frequencies fall in all three bands.
+            o.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+            );
+        }
+        Arch::Qwen2 => {
+            o.insert("model_type".into(), "qwen2".into());
+        }
+        Arch::Qwen3 => {
+            o.insert("model_type".into(), "qwen3".into());
+            o.insert("head_dim".into(), 128.into());
+            o.insert("attention_bias".into(), false.into());
+        }
+    }
+    c
+}
+
+/// A word-level tokenizer over `VOCAB` words, enough for a model to load.
+fn write_tokenizer(dir: &Path) {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..VOCAB).map(|i| (format!("w{i}"), i.into())).collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+}
+
+fn write_hf(dir: &Path, arch: Arch, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .unwrap();
+            (name.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config_json(arch).to_string()).unwrap();
+    write_tokenizer(dir);
+}
+
+/// The GGUF name of a Hugging Face tensor (llama.cpp's `convert_hf_to_gguf.py` mapping).
+fn gguf_name(hf: &str) -> String {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let (l, n) = rest.split_once('.').unwrap();
+        let n = match n {
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            other => panic!("no GGUF name for {other}"),
+        };
+        return format!("blk.{l}.{n}");
+    }
+    match hf {
+        "model.embed_tokens.weight" => "token_embd.weight",
+        "model.norm.weight" => "output_norm.weight",
+        "lm_head.weight" => "output.weight",
+        other => panic!("no GGUF name for {other}"),
+    }
+    .into()
+}
+
+/// llama.cpp's converter reorders the rows of Llama's q and k so that rotary pairs are
+/// adjacent (GGUF llama files rotate interleaved pairs): row `(h, 2i + j)` of the file is row
+/// `(h, j·hd/2 + i)` of the checkpoint.
+fn permute_rows(data: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (to, from) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&data[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Llama 3.1's frequency divisors, computed here from Hugging Face's formula
+/// (`_compute_llama3_parameters`) as llama.cpp's converter writes them to `rope_freqs`.
+fn llama3_rope_freqs(hd: usize) -> Vec<f32> {
+    let (factor, low, high, old, base) = (8.0f64, 1.0f64, 4.0f64, 64.0f64, 10000.0f64);
+    (0..hd / 2)
+        .map(|i| {
+            let inv = 1.0 / base.powf((2 * i) as f64 / hd as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            let new = if wavelen < old / high {
+                inv
+            } else if wavelen > old / low {
+                inv / factor
+            } else {
+                let s = (old / wavelen - low) / (high - low);
+                (1.0 - s) * inv / factor + s * inv
+            };
+            (inv / new) as f32
+        })
+        .collect()
+}
+
+/// Writes the same weights as a GGUF file, each matrix in the format `format(gguf_name)`
+/// gives (vectors stay f32); `tied` leaves out `output.weight`.
+fn write_gguf(
+    path: &Path,
+    arch: Arch,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    format: &dyn Fn(&str) -> GgmlDType,
+    tied: bool,
+) {
+    use gguf_file::Value;
+    let hd = arch.head_dim();
+    let a = arch.gguf_name();
+    let mut qts: Vec<(String, QTensor)> = Vec::new();
+    for (name, shape, data) in tensors {
+        let g = gguf_name(name);
+        if tied && g == "output.weight" {
+            continue;
+        }
+        let mut data = data.clone();
+        if arch == Arch::Llama3 && (g.ends_with("attn_q.weight") || g.ends_with("attn_k.weight")) {
+            data = permute_rows(&data, shape[0] / hd, hd, shape[1]);
+        }
+        let t = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap();
+        let dtype = if shape.len() == 1 {
+            GgmlDType::F32
+        } else {
+            format(&g)
+        };
+        qts.push((g, QTensor::quantize(&t, dtype).unwrap()));
+    }
+    if arch == Arch::Llama3 {
+        let f = llama3_rope_freqs(hd);
+        let t = Tensor::from_vec(f, hd / 2, &Device::Cpu).unwrap();
+        qts.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
+    }
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        ("general.dtype".into(), Value::U32(0)),
+        (format!("{a}.embedding_length"), Value::U32(DIM as u32)),
+        (format!("{a}.feed_forward_length"), Value::U32(FFN as u32)),
+        (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
+        (format!("{a}.context_length"), Value::U32(4096)),
+        (
+            format!("{a}.attention.head_count"),
+            Value::U32(HEADS as u32),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            Value::U32(KV_HEADS as u32),
+        ),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-6),
+        ),
+        (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
+        (format!("{a}.rope.dimension_count"), Value::U32(hd as u32)),
+    ];
+    if arch == Arch::Qwen3 {
+        meta.push((format!("{a}.attention.key_length"), Value::U32(hd as u32)));
+        meta.push((format!("{a}.attention.value_length"), Value::U32(hd as u32)));
+    }
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    gguf_file::write(&mut out, &meta_refs, &t_refs).unwrap();
+    std::io::Write::flush(&mut out).unwrap();
+}
+
+/// A reference model stepped token by token: `step(tokens, pos)` gives the last logits.
+type Reference = Box<dyn FnMut(&[u32], usize) -> Vec<f32>>;
+
+fn to_vec(t: candle_core::Result<Tensor>) -> Vec<f32> {
+    t.unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn ids(tokens: &[u32]) -> Tensor {
+    Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+fn candle_hf(dir: &Path, arch: Arch) -> Reference {
+    use candle_transformers::models::{llama, qwen2, qwen3};
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    // SAFETY: the file was just written by this test and is not modified while mapped.
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    match arch {
+        Arch::Llama3 => {
+            let cfg: llama::LlamaConfig = serde_json::from_str(&text).unwrap();
+            let cfg = cfg.into_config(false);
+            let model = llama::Llama::load(vb, &cfg).unwrap();
+            let mut cache = llama::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
+            Box::new(move |t, pos| to_vec(model.forward(&ids(t), pos, &mut cache)))
+        }
+        Arch::Qwen2 => {
+            let cfg: qwen2::Config = serde_json::from_str(&text).unwrap();
+            let mut model = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |t, pos| to_vec(model.forward(&ids(t), pos)))
+        }
+        Arch::Qwen3 => {
+            let cfg: qwen3::Config = serde_json::from_str(&text).unwrap();
+            let mut model = qwen3::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |t, pos| to_vec(model.forward(&ids(t), pos)))
+        }
+    }
+}
+
+fn candle_gguf(path: &Path, arch: Arch) -> Reference {
+    use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let dev = Device::Cpu;
+    match arch {
+        Arch::Llama3 => {
+            let mut m = quantized_llama::ModelWeights::from_gguf(c, &mut f, &dev).unwrap();
+            Box::new(move |t, pos| to_vec(m.forward(&ids(t), pos)))
+        }
+        Arch::Qwen2 => {
+            let mut m = quantized_qwen2::ModelWeights::from_gguf(c, &mut f, &dev).unwrap();
+            Box::new(move |t, pos| to_vec(m.forward(&ids(t), pos)))
+        }
+        Arch::Qwen3 => {
+            let mut m = quantized_qwen3::ModelWeights::from_gguf(c, &mut f, &dev).unwrap();
+            Box::new(move |t, pos| to_vec(m.forward(&ids(t), pos)))
+        }
+    }
+}
+
+/// kvlens's logits along the reference's greedy path, beside the reference's: one pair of
+/// vectors per step (the prompt, then each decoded token).
+fn side_by_side(model: &Model, mut reference: Reference) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let full = Spec::parse("full").unwrap();
+    let mut cache = model.new_cache(&full, KvDtype::F32);
+    cache.begin(Step::Prefill { last: true }, PROMPT.len());
+    let mut ours = model
+        .transformer
+        .forward(&PROMPT, 0, &mut cache, Logits::Last);
+    let mut theirs = reference(&PROMPT, 0);
+    let mut steps = Vec::new();
+    for step in 0..6 {
+        let next = argmax(&theirs);
+        steps.push((ours, theirs));
+        let pos = PROMPT.len() + step;
+        cache.begin(Step::Decode, 1);
+        ours = model
+            .transformer
+            .forward(&[next], pos, &mut cache, Logits::Last);
+        theirs = reference(&[next], pos);
+    }
+    steps.push((ours, theirs));
+    steps
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+fn margin(l: &[f32]) -> f32 {
+    let mut s = l.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    s[0] - s[1]
+}
+
+/// Asserts every step's logits within `tol` of the reference's and the same greedy token
+/// wherever the reference's top two are at least `clear` apart; returns the largest difference.
+fn check(what: &str, steps: &[(Vec<f32>, Vec<f32>)], tol: f32, clear: f32) -> f32 {
+    let mut worst = 0f32;
+    for (i, (ours, theirs)) in steps.iter().enumerate() {
+        let d = max_abs_diff(ours, theirs);
+        worst = worst.max(d);
+        assert!(d <= tol, "{what}: step {i}: max |Δlogit| {d} > {tol}");
+        if margin(theirs) >= clear {
+            assert_eq!(
+                argmax(ours),
+                argmax(theirs),
+                "{what}: step {i}: greedy token"
+            );
+        }
+    }
+    let spread = steps[0].1.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "{what}: max |Δlogit| {worst:.2e} over {} steps (logits up to {spread:.2})",
+        steps.len()
+    );
+    worst
+}
+
+const ARCHES: [Arch; 3] = [Arch::Llama3, Arch::Qwen2, Arch::Qwen3];
+
+#[test]
+fn hf_checkpoints_of_every_architecture_match_candle_transformers() {
+    for arch in ARCHES {
+        let tmp = tempfile::tempdir().unwrap();
+        let tensors = hf_tensors(arch, 3);
+        write_hf(tmp.path(), arch, &tensors);
+        let model = Model::from_hf_folder(tmp.path()).unwrap();
+        assert_eq!(model.config().arch, arch.gguf_name());
+        let steps = side_by_side(&model, candle_hf(tmp.path(), arch));
+        check(
+            &format!("{} checkpoint", arch.gguf_name()),
+            &steps,
+            1e-3,
+            0.01,
+        );
+    }
+}
+
+fn all_f32(_: &str) -> GgmlDType {
+    GgmlDType::F32
+}
+
+#[test]
+fn f32_gguf_files_of_every_architecture_match_candle_and_the_checkpoint() {
+    for arch in ARCHES {
+        let tmp = tempfile::tempdir().unwrap();
+        let tensors = hf_tensors(arch, 5);
+        write_hf(tmp.path(), arch, &tensors);
+        let path = tmp.path().join("tiny.gguf");
+        write_gguf(&path, arch, &tensors, &all_f32, false);
+        let gguf = Model::from_gguf(&path).unwrap();
+        let name = arch.gguf_name();
+        // candle's quantized Llama has no rope scaling: there the reference is kvlens's own
+        // checkpoint path (itself checked against candle-transformers above), which also
+        // checks the row permutation and `rope_freqs`.
+        if arch != Arch::Llama3 {
+            let steps = side_by_side(&gguf, candle_gguf(&path, arch));
+            check(&format!("{name} f32 GGUF vs candle"), &steps, 1e-3, 0.01);
+        }
+        let hf = Model::from_hf_folder(tmp.path()).unwrap();
+        let mut hf_cache = hf.new_cache(&Spec::parse("full").unwrap(), KvDtype::F32);
+        let reference: Reference = Box::new(move |t, pos| {
+            hf_cache.begin(
+                if pos == 0 {
+                    Step::Prefill { last: true }
+                } else {
+                    Step::Decode
+                },
+                t.len(),
+            );
+            hf.transformer.forward(t, pos, &mut hf_cache, Logits::Last)
+        });
+        let steps = side_by_side(&gguf, reference);
+        check(
+            &format!("{name} f32 GGUF vs checkpoint"),
+            &steps,
+            1e-3,
+            0.01,
+        );
+    }
+}
+
+/// Formats spread over the matrices of both layers so that every kvlens kernel and several of
+/// candle's (K-quants) sit next to each other, in both the embedding and the output.
+fn mixed(name: &str) -> GgmlDType {
+    use GgmlDType::*;
+    let layer0 = [
+        ("attn_q", F16),
+        ("attn_k", Q8_0),
+        ("attn_v", Q5_1),
+        ("attn_output", Q4_0),
+        ("ffn_gate", Q4_1),
+        ("ffn_up", Q5_0),
+        ("ffn_down", Q6K),
+    ];
+    let layer1 = [
+        ("attn_q", Q4K),
+        ("attn_k", Q5K),
+        ("attn_v", Q8_0),
+        ("attn_output", F16),
+        ("ffn_gate", Q5_1),
+        ("ffn_up", Q4_0),
+        ("ffn_down", Q5_0),
+    ];
+    match name {
+        "token_embd.weight" => Q8_0,
+        "output.weight" => Q4_0,
+        _ => {
+            let table = if name.starts_with("blk.0.") {
+                &layer0
+            } else {
+                &layer1
+            };
+            let m = name.split('.').nth(2).unwrap();
+            table.iter().find(|(n, _)| *n == m).unwrap().1
+        }
+    }
+}
+
+/// The same spread, shifted: F16 embedding, K-quant output.
+fn mixed_shifted(name: &str) -> GgmlDType {
+    match name {
+        "token_embd.weight" => GgmlDType::F16,
+        "output.weight" => GgmlDType::Q6K,
+        n if n.starts_with("blk.0.") => mixed(&n.replacen("blk.0.", "blk.1.", 1)),
+        n => mixed(&n.replacen("blk.1.", "blk.0.", 1)),
+    }
+}
+
+#[test]
+fn mixed_format_gguf_files_match_candle_quantized_models() {
+    // candle's kernels are not llama.cpp's (its Q8_0 product is 0.5 % away from the 8-bit
+    // one, its activations round halves away from zero), so the logits differ by a few
+    // tenths; reading a matrix with another's activations, the bug this guards against,
+    // moves them by whole units.
+    for arch in ARCHES {
+        for (label, format, tied) in [
+            ("mixed", &mixed as &dyn Fn(&str) -> GgmlDType, false),
+            ("mixed-shifted, tied output", &mixed_shifted, true),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let tensors = hf_tensors(arch, 7);
+            let path = tmp.path().join("tiny.gguf");
+            write_gguf(&path, arch, &tensors, format, tied);
+            write_tokenizer(tmp.path());
+            let model = Model::from_gguf(&path).unwrap();
+            let kinds = model.transformer.weight_format();
+            for k in [
+                "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k",
+            ] {
+                assert!(kinds.contains(k), "{kinds} lacks {k}");
+            }
+            let kernels = model.transformer.weight_kernels();
+            assert!(
+                kernels.contains("on candle") && kernels.contains("q6_k"),
+                "{kernels}"
+            );
+            assert!(
+                !kernels.contains("q4_0") && !kernels.contains("f16"),
+                "{kernels}"
+            );
+            if arch == Arch::Llama3 {
+                // candle's quantized Llama ignores `rope_freqs`; the next test compares a
+                // Llama file without them.
+                continue;
+            }
+            let steps = side_by_side(&model, candle_gguf(&path, arch));
+            check(
+                &format!("{} {label} GGUF vs candle", arch.gguf_name()),
+                &steps,
+                0.5,
+                0.5,
+            );
+        }
+    }
+}
+
+/// A Llama GGUF without rope scaling (candle's quantized Llama has none), mixed formats.
+#[test]
+fn mixed_format_llama_gguf_matches_candle_quantized_llama() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = hf_tensors(Arch::Llama3, 9);
+    let path = tmp.path().join("tiny.gguf");
+    write_gguf(&path, Arch::Llama3, &tensors, &mixed, false);
+    // The same file without `rope_freqs.weight`.
+    let plain = tmp.path().join("plain.gguf");
+    {
+        let mut f = std::fs::File::open(&path).unwrap();
+        let c = gguf_file::Content::read(&mut f).unwrap();
+        let mut names: Vec<String> = c
+            .tensor_infos
+            .keys()
+            .filter(|n| *n != "rope_freqs.weight")
+            .cloned()
+            .collect();
+        names.sort();
+        let qts: Vec<(String, QTensor)> = names
+            .iter()
+            .map(|n| (n.clone(), c.tensor(&mut f, n, &Device::Cpu).unwrap()))
+            .collect();
+        let meta: Vec<(&str, &gguf_file::Value)> =
+            c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&plain).unwrap());
+        gguf_file::write(&mut out, &meta, &refs).unwrap();
+        std::io::Write::flush(&mut out).unwrap();
+    }
+    write_tokenizer(tmp.path());
+    let model = Model::from_gguf(&plain).unwrap();
+    assert!(model.config().rope_freq_factors.is_none());
+    let steps = side_by_side(&model, candle_gguf(&plain, Arch::Llama3));
+    check("llama mixed GGUF vs candle", &steps, 0.5, 0.5);
+}
+
+fn load_err(path: &Path) -> String {
+    match Model::from_gguf(path) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rewrites the GGUF at `path` with `edit` applied to its metadata and tensors.
+fn rewrite(
+    path: &Path,
+    to: &Path,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>, &mut Vec<(String, QTensor)>),
+) -> PathBuf {
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<String> = c.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut qts: Vec<(String, QTensor)> = names
+        .iter()
+        .map(|n| (n.clone(), c.tensor(&mut f, n, &Device::Cpu).unwrap()))
+        .collect();
+    let mut meta: Vec<(String, gguf_file::Value)> = c
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    edit(&mut meta, &mut qts);
+    let meta_refs: Vec<(&str, &gguf_file::Value)> =
+        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(to).unwrap());
+    gguf_file::write(&mut out, &meta_refs, &refs).unwrap();
+    std::io::Write::flush(&mut out).unwrap();
+    to.to_path_buf()
+}
+
+#[test]
+fn files_kvlens_cannot_compute_are_refused_at_load_with_the_reason() {
+    use gguf_file::Value;
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = hf_tensors(Arch::Qwen2, 11);
+    let path = tmp.path().join("tiny.gguf");
+    write_gguf(&path, Arch::Qwen2, &tensors, &all_f32, false);
+    write_tokenizer(tmp.path());
+
+    let p = rewrite(&path, &tmp.path().join("gemma.gguf"), |meta, _| {
+        for (k, v) in meta.iter_mut() {
+            if k == "general.architecture" {
+                *v = Value::String("gemma2".into());
+            }
+        }
+    });
+    let e = load_err(&p);
+    assert!(
+        e.contains("architecture `gemma2` is not supported") && e.contains("qwen3"),
+        "{e}"
+    );
+
+    let p = rewrite(&path, &tmp.path().join("swa.gguf"), |meta, _| {
+        meta.push(("qwen2.attention.sliding_window".into(), Value::U32(512)));
+    });
+    let e = load_err(&p);
+    assert!(
+        e.contains("sliding-window attention over 512 tokens"),
+        "{e}"
+    );
+
+    // A norm of NaNs: every logit NaN, caught by the self-test at load.
+    let p = rewrite(&path, &tmp.path().join("nan.gguf"), |_, qts| {
+        for (n, t) in qts.iter_mut() {
+            if n == "output_norm.weight" {
+                let nan = Tensor::from_vec(vec![f32::NAN; DIM], DIM, &Device::Cpu).unwrap();
+                *t = QTensor::quantize(&nan, GgmlDType::F32).unwrap();
+            }
+        }
+    });
+    let e = load_err(&p);
+    assert!(
+        e.contains("self-test failed") && e.contains("non-finite"),
+        "{e}"
+    );
+
+    // An output matrix of zeros: every logit equal.
+    let p = rewrite(&path, &tmp.path().join("zero.gguf"), |_, qts| {
+        for (n, t) in qts.iter_mut() {
+            if n == "output.weight" {
+                let z = Tensor::zeros((VOCAB, DIM), DType::F32, &Device::Cpu).unwrap();
+                *t = QTensor::quantize(&z, GgmlDType::F32).unwrap();
+            }
+        }
+    });
+    let e = load_err(&p);
+    assert!(
+        e.contains("self-test failed") && e.contains("constant"),
+        "{e}"
+    );
+
+    // The unedited file loads.
+    Model::from_gguf(&path).unwrap();
+}
+
+#[test]
+fn hf_configs_kvlens_cannot_compute_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = hf_tensors(Arch::Qwen2, 13);
+    write_hf(tmp.path(), Arch::Qwen2, &tensors);
+    let cfg_path = tmp.path().join("config.json");
+    let base = config_json(Arch::Qwen2);
+    let try_with = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| -> String {
+        let mut c = base.clone();
+        edit(c.as_object_mut().unwrap());
+        std::fs::write(&cfg_path, c.to_string()).unwrap();
+        match Model::from_hf_folder(tmp.path()) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = try_with(&|o| {
+        o.insert("model_type".into(), "phi3".into());
+    });
+    assert!(e.contains("model_type `phi3` is not supported"), "{e}");
+    let e = try_with(&|o| {
+        o.insert("use_sliding_window".into(), true.into());
+        o.insert("sliding_window".into(), 1024.into());
+    });
+    assert!(
+        e.contains("sliding-window attention over 1024 tokens"),
+        "{e}"
+    );
+    let e = try_with(&|o| {
+        o.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"type": "yarn", "factor": 4.0}),
+        );
+    });
+    assert!(
+        e.contains("rope_scaling of type `yarn` is not supported"),
+        "{e}"
+    );
+}
+
+/// Each kernel of kvlens's own computes the product of exactly what llama.cpp multiplies:
+/// the weights as stored and the activations converted to the format's `vec_dot_type` (8-bit
+/// blocks, or f16 for F16 weights), up to float summation order (and, for Q4_1/Q5_1, the f16
+/// rounding of the activations' block sums that llama.cpp's Q8_1 stores). candle is no
+/// reference here: its Q8_0 kernel differs from this product by 0.5 % of the outputs.
+#[test]
+fn every_formats_products_equal_the_exact_product_of_its_operands() {
+    use kvlens_engine::quant::{Block, Bytes, Input, Q8Acts, Weight};
+    use std::sync::Arc;
+    let (rows, cols, n) = (64, 512, 5);
+    let mut rng = Lcg(21);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.next() * 10.0).collect();
+    let wt = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+    let acts = Q8Acts::quantize(&x, cols);
+    use GgmlDType::*;
+    for dtype in [F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+        let q = QTensor::quantize(&wt, dtype).unwrap();
+        let data = Bytes::Owned(Arc::new(q.data().unwrap().into_owned()));
+        let ours = match Block::from_ggml(dtype) {
+            Some(b) => Weight::blocks(b, data, rows, cols),
+            None => Weight::f16(data, rows, cols),
+        };
+        let mut y = vec![0f32; n * rows];
+        ours.matmul(&Input::new(&x, cols), &mut y);
+        let operand = |t: usize, c: usize| -> f64 {
+            if dtype == F16 {
+                half::f16::from_f32(x[t * cols + c]).to_f64()
+            } else {
+                acts.qs[t * cols + c] as f64 * acts.d[(t * cols + c) / 32] as f64
+            }
+        };
+        let mut row = vec![0f32; cols];
+        let (mut worst, mut scale) = (0f64, 0f64);
+        for r in 0..rows {
+            ours.row(r, &mut row);
+            for t in 0..n {
+                let exact: f64 = (0..cols).map(|c| row[c] as f64 * operand(t, c)).sum();
+                worst = worst.max((y[t * rows + r] as f64 - exact).abs());
+                scale = scale.max(exact.abs());
+            }
+        }
+        let tol = if matches!(dtype, Q4_1 | Q5_1) {
+            5e-4
+        } else {
+            1e-5
+        };
+        eprintln!(
+            "{dtype:?}: max |Δ| {worst:.3e} from the exact product (outputs up to {scale:.2})"
+        );
+        assert!(
+            worst <= tol * scale,
+            "{dtype:?}: max |Δ| {worst} against outputs up to {scale}"
+        );
+    }
+}
+
+/// Every compression method on every architecture: the cache sees keys after rotary
+/// embedding (after Qwen3's per-head norms), heads of 64 and of 128. Each method runs a
+/// 96-token prompt and 8 greedy steps with a budget of 48 where it has one; its logits stay
+/// finite and a selection method keeps at most its budget (plus, for one that compresses the
+/// prompt only, the tokens decoded after it).
+#[test]
+fn every_compression_method_runs_on_every_architecture() {
+    use kvlens_engine::{generate, GenOptions};
+    let prompt: Vec<u32> = (0..96u32).map(|i| (i * 37 + 3) % VOCAB as u32).collect();
+    let opts = GenOptions {
+        max_new_tokens: 8,
+        top_logits: 1,
+        ..GenOptions::default()
+    };
+    for arch in ARCHES {
+        let tmp = tempfile::tempdir().unwrap();
+        write_hf(tmp.path(), arch, &hf_tensors(arch, 17));
+        let model = Model::from_hf_folder(tmp.path()).unwrap();
+        for m in kvlens_press::METHODS {
+            let has = |p: &str| m.params.iter().any(|x| x.name == p);
+            let mut params = Vec::new();
+            for (p, v) in [
+                ("budget", "budget=48"),
+                ("residual", "residual=16"),
+                ("window", "window=8"),
+            ] {
+                if has(p) {
+                    params.push(v);
+                }
+            }
+            let text = if params.is_empty() {
+                m.name.to_string()
+            } else {
+                format!("{}:{}", m.name, params.join(","))
+            };
+            let spec = Spec::parse(&text).unwrap();
+            let mut cache = model.new_cache(&spec, KvDtype::F16);
+            let g = generate(&model, &mut cache, &prompt, &opts).unwrap();
+            let what = format!("{} {text}", arch.gguf_name());
+            assert!(!g.top_logits.is_empty(), "{what}: no step");
+            for step in &g.top_logits {
+                assert!(step[0].1.is_finite(), "{what}: logit {}", step[0].1);
+            }
+            if has("budget") {
+                let most = 48 + opts.max_new_tokens;
+                assert!(
+                    g.kv_tokens_kept <= most as f64,
+                    "{what}: kept {}",
+                    g.kv_tokens_kept
+                );
+            } else {
+                assert!(
+                    g.kv_tokens_kept >= prompt.len() as f64,
+                    "{what}: kept {}",
+                    g.kv_tokens_kept
+                );
+            }
+        }
+    }
+}
