@@ -17,7 +17,7 @@ pub use generate::{
     decode, decode_with, generate, prefill, FinishReason, GenOptions, Generation, Prefilled,
     Sampling,
 };
-pub use model::{Config, Logits, Transformer};
+pub use model::{Config, Logits, Seq, Transformer};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;
 

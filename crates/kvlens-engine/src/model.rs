@@ -619,16 +619,46 @@ impl Transformer {
         want: Logits,
         trace: &mut Tracer,
     ) -> Vec<f32> {
+        let mut seqs = [Seq {
+            tokens,
+            pos0,
+            cache,
+            want,
+        }];
+        self.step_traced(&mut seqs, trace).pop().unwrap_or_default()
+    }
+
+    /// One forward step over several sequences, each with its own new tokens, positions,
+    /// cache (begun for this step by the caller, with its own method) and wanted logits: the
+    /// weight matrices multiply all rows of the step at once, attention runs per sequence
+    /// against its own cache, the sequences in parallel. Returns each sequence's logits.
+    ///
+    /// Batch invariance: a sequence gets the same bits in any step as alone. Every row is
+    /// normalized, quantized and multiplied on its own (the F16 kernel's summation order and
+    /// candle's kernels are chosen per sequence), and each sequence's attention sums depend
+    /// only on its own tokens.
+    pub fn step(&self, seqs: &mut [Seq]) -> Vec<Vec<f32>> {
+        self.step_traced(seqs, &mut |_, _, _| {})
+    }
+
+    fn step_traced(&self, seqs: &mut [Seq], trace: &mut Tracer) -> Vec<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        let n: usize = lens.iter().sum();
+        if n == 0 {
+            return vec![Vec::new(); seqs.len()];
+        }
         let (dim, hd) = (c.dim, c.head_dim);
         let qw = c.n_heads * hd;
         let kvw = c.n_kv_heads * hd;
-        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        let positions: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| (s.pos0..s.pos0 + s.tokens.len()).map(|p| p as u32))
+            .collect();
         let rope = RopeTable::new(c, &positions);
 
-        let mut x = vec![0f32; n * dim]; // (n, dim)
-        for (t, &tok) in tokens.iter().enumerate() {
+        let mut x = vec![0f32; n * dim]; // (n, dim), the sequences' rows one after another
+        for (t, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
             self.embed.row(tok as usize, &mut x[t * dim..(t + 1) * dim]);
         }
         let mut h = vec![0f32; n * dim];
@@ -643,7 +673,7 @@ impl Transformer {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
             trace("attn_norm", Some(l), &h);
-            let input = Input::new(&h, dim);
+            let input = Input::segmented(&h, dim, &lens);
             layer.wq.matmul(&input, &mut q);
             layer.wk.matmul(&input, &mut k);
             layer.wv.matmul(&input, &mut v);
@@ -661,36 +691,110 @@ impl Transformer {
             trace("Qcur", Some(l), &q);
             trace("Kcur", Some(l), &k);
             trace("Vcur", Some(l), &v);
-            cache.attend(l, &positions, &q, &k, &v, &mut att);
+            attend_each(seqs, l, &positions, &q, &k, &v, &mut att, (qw, kvw));
             trace("kqv_out", Some(l), &att);
-            layer.wo.matmul(&Input::new(&att, qw), &mut o);
+            layer.wo.matmul(&Input::segmented(&att, qw, &lens), &mut o);
             add_in_place(&mut x, &o);
             trace("ffn_inp", Some(l), &x);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
             trace("ffn_norm", Some(l), &h);
-            let input = Input::new(&h, dim);
+            let input = Input::segmented(&h, dim, &lens);
             layer.w_gate.matmul(&input, &mut gate);
             layer.w_up.matmul(&input, &mut up);
             mathf::swiglu_in_place(&mut gate, &up);
-            layer.w_down.matmul(&Input::new(&gate, c.ffn_dim), &mut o);
+            layer
+                .w_down
+                .matmul(&Input::segmented(&gate, c.ffn_dim, &lens), &mut o);
             add_in_place(&mut x, &o);
             trace("l_out", Some(l), &x);
         }
 
-        let rows = match want {
-            Logits::Last => &x[(n - 1) * dim..],
-            Logits::All => &x[..],
-        };
+        // The rows whose logits are wanted, sequence by sequence.
+        let mut rows = Vec::new();
+        let mut out_lens = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for (s, &len) in seqs.iter().zip(&lens) {
+            let take = match (s.want, len) {
+                (_, 0) => 0..0,
+                (Logits::Last, _) => start + len - 1..start + len,
+                (Logits::All, _) => start..start + len,
+            };
+            out_lens.push(take.len());
+            rows.extend_from_slice(&x[take.start * dim..take.end * dim]);
+            start += len;
+        }
         let m = rows.len() / dim;
         let mut hn = vec![0f32; m * dim];
-        rms_norm(rows, &self.norm, c.rms_eps, &mut hn);
+        rms_norm(&rows, &self.norm, c.rms_eps, &mut hn);
         trace("result_norm", None, &hn);
         let mut logits = vec![0f32; m * c.vocab];
-        self.output.matmul(&Input::new(&hn, dim), &mut logits);
+        self.output
+            .matmul(&Input::segmented(&hn, dim, &out_lens), &mut logits);
         trace("result_output", None, &logits);
-        logits
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for len in out_lens {
+            out.push(logits[at * c.vocab..(at + len) * c.vocab].to_vec());
+            at += len;
+        }
+        out
     }
+}
+
+/// One sequence's share of a batched forward step ([`Transformer::step`]).
+pub struct Seq<'a> {
+    /// The new tokens, at positions `pos0..`.
+    pub tokens: &'a [u32],
+    pub pos0: usize,
+    /// The sequence's cache, begun for this step (`KvCache::begin`) by the caller.
+    pub cache: &'a mut KvCache,
+    pub want: Logits,
+}
+
+/// Each sequence's attention against its own cache, the sequences in parallel: `q`, `k`, `v`
+/// and `att` hold the step's rows, sequence after sequence; `widths` are the (q, kv) row widths.
+#[allow(clippy::too_many_arguments)]
+fn attend_each(
+    seqs: &mut [Seq],
+    layer: usize,
+    positions: &[u32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    att: &mut [f32],
+    (qw, kvw): (usize, usize),
+) {
+    use rayon::prelude::*;
+    if let [s] = seqs {
+        s.cache.attend(layer, positions, q, k, v, att);
+        return;
+    }
+    let mut parts = Vec::with_capacity(seqs.len());
+    let (mut rest, mut row) = (att, 0);
+    for s in seqs.iter() {
+        let n = s.tokens.len();
+        let (mine, tail) = rest.split_at_mut(n * qw);
+        parts.push((row, mine));
+        rest = tail;
+        row += n;
+    }
+    seqs.par_iter_mut()
+        .zip(parts.into_par_iter())
+        .for_each(|(s, (r0, out))| {
+            let n = s.tokens.len();
+            if n == 0 {
+                return;
+            }
+            s.cache.attend(
+                layer,
+                &positions[r0..r0 + n],
+                &q[r0 * qw..(r0 + n) * qw],
+                &k[r0 * kvw..(r0 + n) * kvw],
+                &v[r0 * kvw..(r0 + n) * kvw],
+                out,
+            );
+        });
 }
 
 fn need_vec(

@@ -109,22 +109,52 @@ fn fill_blocks(q: &mut Q8Acts, x: &[f32]) {
 
 /// One activation matrix (n rows of `cols`) and the forms the weight kernels read, each made
 /// on first use and shared by every matrix that multiplies this input.
+///
+/// The rows may belong to several sequences of a batched step ([`Input::segmented`]): a
+/// kernel whose order llama.cpp chooses by the number of tokens (F16), and candle's kernels,
+/// then run each sequence's rows on their own, so that a sequence gets the same bits in any
+/// batch.
 pub struct Input<'a> {
     x: &'a [f32],
     cols: usize,
+    /// Rows per sequence, in order; empty for one sequence.
+    segments: Vec<usize>,
     q8: OnceCell<Q8Acts>,
     f16: OnceCell<Vec<f32>>,
 }
 
 impl<'a> Input<'a> {
+    /// The rows of one sequence.
     pub fn new(x: &'a [f32], cols: usize) -> Self {
+        Self::segmented(x, cols, &[])
+    }
+
+    /// The rows of several sequences, `segments[i]` rows for the i-th (summing to all rows).
+    pub fn segmented(x: &'a [f32], cols: usize, segments: &[usize]) -> Self {
         debug_assert_eq!(x.len() % cols, 0);
+        debug_assert!(segments.is_empty() || segments.iter().sum::<usize>() * cols == x.len());
         Self {
             x,
             cols,
+            segments: segments.to_vec(),
             q8: OnceCell::new(),
             f16: OnceCell::new(),
         }
+    }
+
+    /// Row ranges of the sequences (one range when not segmented).
+    fn spans(&self) -> Vec<std::ops::Range<usize>> {
+        if self.segments.len() <= 1 {
+            return std::iter::once(0..self.rows()).collect();
+        }
+        let mut at = 0;
+        self.segments
+            .iter()
+            .map(|&n| {
+                at += n;
+                at - n..at
+            })
+            .collect()
     }
 
     /// The number of rows (tokens).
@@ -318,17 +348,29 @@ impl Weight {
                     Block::Q8_0 => matmul_blocks::<Q80>(data, rows, cols, acts, out),
                 }
             }
-            Store::F16(data) => matmul_f16(data.as_slice(), rows, cols, x.f16(), out),
+            Store::F16(data) => {
+                let x16 = x.f16();
+                for span in x.spans() {
+                    let (xs, ys) = (
+                        span.start * cols..span.end * cols,
+                        span.start * rows..span.end * rows,
+                    );
+                    matmul_f16(data.as_slice(), rows, cols, &x16[xs], &mut out[ys]);
+                }
+            }
             Store::F32(data) => matmul_f32(data, rows, cols, x.x, out),
             Store::Candle(m, _) => {
                 use candle_core::{Module, Tensor};
-                let t = Tensor::from_slice(x.x, (x.rows(), cols), &candle_core::Device::Cpu)
-                    .and_then(|t| m.forward(&t))
-                    .and_then(|y| y.flatten_all())
-                    .and_then(|y| y.to_vec1::<f32>());
-                match t {
-                    Ok(v) => out.copy_from_slice(&v),
-                    Err(e) => panic!("candle quantized matmul failed on valid shapes: {e}"),
+                for span in x.spans().into_iter().filter(|s| !s.is_empty()) {
+                    let xs = &x.x[span.start * cols..span.end * cols];
+                    let t = Tensor::from_slice(xs, (span.len(), cols), &candle_core::Device::Cpu)
+                        .and_then(|t| m.forward(&t))
+                        .and_then(|y| y.flatten_all())
+                        .and_then(|y| y.to_vec1::<f32>());
+                    match t {
+                        Ok(v) => out[span.start * rows..span.end * rows].copy_from_slice(&v),
+                        Err(e) => panic!("candle quantized matmul failed on valid shapes: {e}"),
+                    }
                 }
             }
         }

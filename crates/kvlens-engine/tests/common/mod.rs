@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use kvlens_engine::{source, Model};
 use std::path::PathBuf;
 use std::sync::OnceLock;
