@@ -441,6 +441,34 @@ impl KvCache {
         self.compress_layer(layer);
     }
 
+    /// [`KvCache::attend`] without the attention: `n` zero rows at `positions` pushed into
+    /// every head of `layer`, the statistics the method asked for left at zero, then the
+    /// method's step. Which rows a method keeps depends on the values; how many it keeps
+    /// and the bytes they take do not, so this gives the bytes and peak a real run reaches
+    /// ([`projected_peak_bytes`]).
+    pub fn simulate(&mut self, layer: usize, positions: &[u32]) {
+        let dim = self.shape.head_dim;
+        let zeros = vec![0f32; dim];
+        for store in self.heads[layer].iter_mut() {
+            for &pos in positions {
+                store.push(pos, &zeros, &zeros);
+            }
+        }
+        self.note_bytes(layer);
+        let needs = self.needs();
+        let window = needs.window.min(positions.len());
+        if needs.accumulate || window > 0 {
+            for (g, stats) in self.stats[layer].iter_mut().enumerate() {
+                let len = self.heads[layer][g].len();
+                stats.accumulated.resize(len, 0.0);
+                stats.window_len = window;
+                stats.window.clear();
+                stats.window.resize(window * len, 0.0);
+            }
+        }
+        self.compress_layer(layer);
+    }
+
     /// The method's step over one layer after its attention, and the bytes it then holds.
     fn compress_layer(&mut self, layer: usize) {
         let step = self.step;
@@ -459,4 +487,46 @@ impl KvCache {
         let total: usize = self.bytes_now.iter().sum();
         self.peak_bytes = self.peak_bytes.max(total);
     }
+}
+
+/// The most bytes a cache of `shape` and `dtype` under `spec` holds while it takes a prompt of
+/// `prompt` tokens in the chunks `chunks` and then `new_tokens` decode steps: what a real run
+/// reaches (`KvCache::peak_bytes`), found by a dry run of the method's byte accounting on zero
+/// rows ([`KvCache::simulate`]) over one key/value head per layer, times the heads (every
+/// method keeps as many rows in each head of a layer). A scheduler admits a request on it.
+pub fn projected_peak_bytes(
+    spec: &crate::Spec,
+    shape: CacheShape,
+    dtype: KvDtype,
+    chunks: &[(usize, usize)],
+    new_tokens: usize,
+) -> usize {
+    let one = CacheShape {
+        n_heads: shape.group(),
+        n_kv_heads: 1,
+        ..shape
+    };
+    let prompt = chunks.last().map_or(0, |c| c.1);
+    let mut cache = KvCache::new(one, dtype, spec.build());
+    cache.reserve(prompt + new_tokens);
+    for (i, &(a, b)) in chunks.iter().enumerate() {
+        let positions: Vec<u32> = (a as u32..b as u32).collect();
+        cache.begin(
+            Step::Prefill {
+                last: i + 1 == chunks.len(),
+            },
+            b - a,
+        );
+        for layer in 0..one.n_layers {
+            cache.simulate(layer, &positions);
+        }
+    }
+    // The last generated token is never fed back: `new_tokens − 1` decode steps.
+    for t in 0..new_tokens.saturating_sub(1) {
+        cache.begin(Step::Decode, 1);
+        for layer in 0..one.n_layers {
+            cache.simulate(layer, &[(prompt + t) as u32]);
+        }
+    }
+    cache.peak_bytes() * shape.n_kv_heads
 }

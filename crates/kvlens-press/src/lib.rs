@@ -17,7 +17,7 @@ pub mod spec;
 pub mod store;
 pub mod sums;
 
-pub use cache::{CacheShape, Forked, KvCache};
+pub use cache::{projected_peak_bytes, CacheShape, Forked, KvCache};
 pub use method::{Method, Needs, Step, When};
 pub use spec::{parse_list, Spec, SpecError, METHODS};
 pub use store::{HeadStore, KvDtype};
