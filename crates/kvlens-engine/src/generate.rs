@@ -218,85 +218,148 @@ pub fn decode_with(
     opts: &GenOptions,
     on_token: &mut dyn FnMut(&[u32]),
 ) -> Result<Generation> {
-    let start = Instant::now();
-    let since_start = |t: Instant| pre.prefill_ms + ms(t);
-    let prefill_ms = pre.prefill_ms;
+    let mut dec = Decoder::new(opts, pre.prefill_ms);
     let mut logits = pre.logits.clone();
-    let mut rng = Rng::new(opts.sampling.seed);
-    let mut tokens = Vec::new();
-    let mut step_ms = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut text = String::new();
-    let mut ttft_ms = 0.0;
-    let mut t_prev = Instant::now();
-    let mut top_logits = Vec::new();
-    while tokens.len() < opts.max_new_tokens {
-        if opts.top_logits > 0 {
-            top_logits.push(largest(&logits, opts.top_logits));
+    while let Some(next) = dec.accept(model, &mut logits, opts, on_token)? {
+        cache.begin(Step::Decode, 1);
+        logits = model.transformer.forward(
+            &[next],
+            dec.next_position(prompt.len()),
+            cache,
+            Logits::Last,
+        );
+    }
+    dec.finish(model, cache, prompt.len())
+}
+
+/// One sequence's decoding after its prefill: sampling, the stop rules and the timings of
+/// [`decode_with`], one token at a time, so that a loop over one sequence and the
+/// scheduler's loop over many ([`crate::sched`]) decide alike.
+pub(crate) struct Decoder {
+    /// When decoding started; times count from the start of the prefill, `prefill_ms` before.
+    start: Instant,
+    prefill_ms: f64,
+    rng: Rng,
+    tokens: Vec<u32>,
+    text: String,
+    finish: FinishReason,
+    step_ms: Vec<f64>,
+    ttft_ms: f64,
+    t_prev: Instant,
+    top_logits: Vec<Vec<(u32, f32)>>,
+}
+
+impl Decoder {
+    pub(crate) fn new(opts: &GenOptions, prefill_ms: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            prefill_ms,
+            rng: Rng::new(opts.sampling.seed),
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            step_ms: Vec::new(),
+            ttft_ms: 0.0,
+            t_prev: Instant::now(),
+            top_logits: Vec::new(),
         }
-        let next = sample(&mut logits, &opts.sampling, &mut rng);
-        if tokens.is_empty() {
-            ttft_ms = since_start(start);
+    }
+
+    /// The position of the token [`Decoder::accept`] just returned.
+    pub(crate) fn next_position(&self, prompt_len: usize) -> usize {
+        prompt_len + self.tokens.len() - 1
+    }
+
+    /// Picks the next token from `logits` (the last forward pass's): `Some(token)` when it
+    /// is to be fed to the model, `None` when generation is over.
+    pub(crate) fn accept(
+        &mut self,
+        model: &Model,
+        logits: &mut [f32],
+        opts: &GenOptions,
+        on_token: &mut dyn FnMut(&[u32]),
+    ) -> Result<Option<u32>> {
+        if self.tokens.len() >= opts.max_new_tokens {
+            return Ok(None);
+        }
+        if opts.top_logits > 0 {
+            self.top_logits.push(largest(logits, opts.top_logits));
+        }
+        let next = sample(logits, &opts.sampling, &mut self.rng);
+        if self.tokens.is_empty() {
+            self.ttft_ms = self.prefill_ms + ms(self.start);
         } else {
-            step_ms.push(ms(t_prev));
+            self.step_ms.push(ms(self.t_prev));
         }
         if model.tokenizer.eos.contains(&next) {
-            finish = FinishReason::Eos;
-            break;
+            self.finish = FinishReason::Eos;
+            return Ok(None);
         }
-        tokens.push(next);
+        self.tokens.push(next);
         if !opts.stop.is_empty() {
-            text = model.tokenizer.decode(&tokens)?;
-            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-                finish = FinishReason::Stop;
-                break;
+            self.text = model.tokenizer.decode(&self.tokens)?;
+            if let Some(cut) = opts
+                .stop
+                .iter()
+                .filter_map(|s| self.text.find(s.as_str()))
+                .min()
+            {
+                self.text.truncate(cut);
+                self.finish = FinishReason::Stop;
+                return Ok(None);
             }
         }
-        on_token(&tokens);
-        if tokens.len() == opts.max_new_tokens {
-            break;
+        on_token(&self.tokens);
+        if self.tokens.len() == opts.max_new_tokens {
+            return Ok(None);
         }
-        t_prev = Instant::now();
-        cache.begin(Step::Decode, 1);
-        let pos = prompt.len() + tokens.len() - 1;
-        logits = model.transformer.forward(&[next], pos, cache, Logits::Last);
+        self.t_prev = Instant::now();
+        Ok(Some(next))
     }
-    let e2e_ms = since_start(start);
-    if finish != FinishReason::Stop {
-        text = model.tokenizer.decode(&tokens)?;
-    }
-    if tokens.is_empty() {
-        ttft_ms = e2e_ms;
-    }
-    let mut sorted = step_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> f64 {
-        if sorted.is_empty() {
-            return 0.0;
+
+    /// The generation's record, with `cache`'s bytes.
+    pub(crate) fn finish(
+        mut self,
+        model: &Model,
+        cache: &KvCache,
+        prompt_len: usize,
+    ) -> Result<Generation> {
+        let e2e_ms = self.prefill_ms + ms(self.start);
+        if self.finish != FinishReason::Stop {
+            self.text = model.tokenizer.decode(&self.tokens)?;
         }
-        let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-        sorted[i]
-    };
-    Ok(Generation {
-        output_tokens: tokens.len(),
-        text,
-        tokens,
-        prompt_tokens: prompt.len(),
-        finish_reason: finish,
-        prefill_ms,
-        ttft_ms,
-        decode_ms: e2e_ms - ttft_ms,
-        e2e_ms,
-        decode_ms_p50: pct(0.5),
-        decode_ms_p90: pct(0.9),
-        decode_ms_max: sorted.last().copied().unwrap_or(0.0),
-        kv_bytes_peak: cache.peak_bytes(),
-        kv_bytes_end: cache.bytes(),
-        kv_bytes_full: cache.full_bytes(),
-        kv_tokens_kept: cache.tokens_kept_mean(),
-        top_logits,
-    })
+        if self.tokens.is_empty() {
+            self.ttft_ms = e2e_ms;
+        }
+        let mut sorted = self.step_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> f64 {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+            sorted[i]
+        };
+        Ok(Generation {
+            output_tokens: self.tokens.len(),
+            text: self.text,
+            tokens: self.tokens,
+            prompt_tokens: prompt_len,
+            finish_reason: self.finish,
+            prefill_ms: self.prefill_ms,
+            ttft_ms: self.ttft_ms,
+            decode_ms: e2e_ms - self.ttft_ms,
+            e2e_ms,
+            decode_ms_p50: pct(0.5),
+            decode_ms_p90: pct(0.9),
+            decode_ms_max: sorted.last().copied().unwrap_or(0.0),
+            kv_bytes_peak: cache.peak_bytes(),
+            kv_bytes_end: cache.bytes(),
+            kv_bytes_full: cache.full_bytes(),
+            kv_tokens_kept: cache.tokens_kept_mean(),
+            top_logits: self.top_logits,
+        })
+    }
 }
 
 /// The `k` largest logits as (id, logit), largest first (ties: the smaller id first).

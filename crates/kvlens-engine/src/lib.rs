@@ -8,6 +8,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sched;
 pub mod source;
 pub mod tokenizer;
 

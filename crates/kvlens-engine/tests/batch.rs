@@ -213,3 +213,52 @@ fn every_method_gives_the_same_bits_in_a_batch_as_alone_with_every_format() {
         check_invariance(&model, &all_methods(16), &[1, 20, 45, 90], 5);
     }
 }
+
+/// A scheduler admits requests on `projected_peak_bytes`: for every method it must be the
+/// peak a real generation reaches, prompts of one and of several chunks.
+#[test]
+fn projected_peak_bytes_are_the_peaks_real_runs_reach() {
+    use common::tiny::{hf_tensors, mixed, write_gguf, write_tokenizer, Arch};
+    use kvlens_engine::{generate, GenOptions};
+    use kvlens_press::projected_peak_bytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.gguf");
+    write_gguf(
+        &path,
+        Arch::Qwen2,
+        &hf_tensors(Arch::Qwen2, 29),
+        &mixed,
+        false,
+    );
+    write_tokenizer(tmp.path());
+    let model = Model::from_gguf(&path).unwrap();
+    let opts = GenOptions {
+        max_new_tokens: 12,
+        prefill_chunk: 64,
+        ..GenOptions::default()
+    };
+    for m in all_methods(24) {
+        let spec = Spec::parse(&m).unwrap();
+        for p in prompts(model.config().vocab as u32, &[30, 150]) {
+            let mut cache = model.new_cache(&spec, KvDtype::F16);
+            let min_last = kvlens_engine::generate::min_last_chunk(&cache, &opts);
+            let chunks = prefill_chunks(p.len(), opts.prefill_chunk, min_last);
+            let g = generate(&model, &mut cache, &p, &opts).unwrap();
+            let want = projected_peak_bytes(
+                &spec,
+                model.config().cache_shape(),
+                KvDtype::F16,
+                &chunks,
+                g.output_tokens,
+            );
+            assert_eq!(
+                g.kv_bytes_peak,
+                want,
+                "{m}, prompt of {} in {} chunks, {} new tokens",
+                p.len(),
+                chunks.len(),
+                g.output_tokens
+            );
+        }
+    }
+}

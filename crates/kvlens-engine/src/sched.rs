@@ -1,0 +1,383 @@
+//! Continuous batching under a KV memory budget: requests in, events out, one engine step
+//! ([`crate::Transformer::step`]) over every running sequence at a time.
+//!
+//! Iteration-level scheduling as in Orca (Yu et al., OSDI 2022) and vLLM (Kwon et al., SOSP
+//! 2023), with chunked prefill as in Sarathi-Serve (Agrawal et al., OSDI 2024): each step
+//! holds one decode token of every decoding sequence and as many prompt chunks of prefilling
+//! ones as the step's prompt-token budget allows. Requests are admitted first come, first
+//! served, while the budget can hold what their caches really hold under their methods once
+//! their prompts are in ([`kvlens_press::projected_peak_bytes`]), so a method that keeps less
+//! admits more requests. When the growing caches would pass the budget, the newest running
+//! request is preempted: its cache is freed and it starts again later from its prompt (as
+//! vLLM's recompute), regenerating the same tokens; tokens already reported are not reported
+//! again.
+//!
+//! A sequence's prompt chunks are those `generate` cuts for it alone, and every row of a step
+//! is computed on its own, so a request's tokens and logits are the same bits in any batch as
+//! alone.
+
+use crate::error::{EngineError, Result};
+use crate::generate::{
+    min_last_chunk, prefill_chunks, Decoder, GenOptions, Generation, LLAMA_UBATCH,
+};
+use crate::model::{Logits, Seq};
+use crate::Model;
+use kvlens_press::{projected_peak_bytes, KvCache, KvDtype, Spec, Step};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// What the scheduler may hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes all running caches may hold together.
+    pub kv_budget: usize,
+    /// Sequences running at once.
+    pub max_batch: usize,
+    /// Prompt tokens per step, counted in whole chunks (a step takes at least one chunk).
+    pub prefill_chunk: usize,
+}
+
+/// One generation to run.
+pub struct Request {
+    /// The caller's name for it, repeated in its events.
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub spec: Spec,
+    pub dtype: KvDtype,
+    pub opts: GenOptions,
+}
+
+/// What happened to a request.
+#[derive(Debug)]
+pub enum Event {
+    /// Its `index`-th token (from 0) was accepted (not the EOS token, nor one that
+    /// completes a stop string).
+    Token { id: u64, index: usize, token: u32 },
+    /// It finished (or failed: a prompt its cache cannot hold within the budget).
+    Done { id: u64, result: Result<Finished> },
+}
+
+/// A finished request: its generation (times from its last admission), the time it waited
+/// in the queue before that admission, and how often it was preempted.
+#[derive(Debug)]
+pub struct Finished {
+    pub generation: Generation,
+    pub queue_ms: f64,
+    pub preemptions: usize,
+}
+
+struct Waiting {
+    req: Request,
+    arrived: Instant,
+    preemptions: usize,
+    /// Tokens already reported in events (a preempted request reports none of them again).
+    reported: usize,
+}
+
+struct Running {
+    req: Request,
+    arrived: Instant,
+    admitted: Instant,
+    queue_ms: f64,
+    preemptions: usize,
+    reported: usize,
+    /// The bytes admission counted for it.
+    reserved: usize,
+    cache: KvCache,
+    chunks: Vec<(usize, usize)>,
+    next_chunk: usize,
+    /// After the prompt: the decoder, and the token to feed next.
+    decoding: Option<(Decoder, u32)>,
+}
+
+/// The scheduler over one model. `submit` requests, then call `step` until `is_idle`.
+pub struct Scheduler<'m> {
+    model: &'m Model,
+    limits: Limits,
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running>,
+    /// Events of requests refused at submission, reported by the next step.
+    refused: Vec<Event>,
+    steps: usize,
+    peak_batch: usize,
+}
+
+impl<'m> Scheduler<'m> {
+    pub fn new(model: &'m Model, limits: Limits) -> Result<Self> {
+        if limits.max_batch == 0 || limits.prefill_chunk == 0 || limits.kv_budget == 0 {
+            return Err(EngineError::Invalid(format!(
+                "scheduler limits must be positive: kv budget {} bytes, max batch {}, prefill chunk {}",
+                limits.kv_budget, limits.max_batch, limits.prefill_chunk
+            )));
+        }
+        Ok(Self {
+            model,
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            refused: Vec::new(),
+            steps: 0,
+            peak_batch: 0,
+        })
+    }
+
+    /// Queues a request; one that cannot run at all (an empty or too long prompt) is
+    /// reported as failed by the next step.
+    pub fn submit(&mut self, req: Request) {
+        let cfg = self.model.config();
+        let bad = if req.prompt.is_empty() {
+            Some("the prompt is empty".to_string())
+        } else if req.prompt.len() + req.opts.max_new_tokens > cfg.context {
+            Some(format!(
+                "{} prompt tokens + {} new exceed the model's context of {}",
+                req.prompt.len(),
+                req.opts.max_new_tokens,
+                cfg.context
+            ))
+        } else {
+            req.prompt
+                .iter()
+                .find(|&&t| t as usize >= cfg.vocab)
+                .map(|t| format!("token id {t} is outside the vocabulary"))
+        };
+        if let Some(msg) = bad {
+            self.refused.push(Event::Done {
+                id: req.id,
+                result: Err(EngineError::Invalid(msg)),
+            });
+            return;
+        }
+        self.waiting.push_back(Waiting {
+            req,
+            arrived: Instant::now(),
+            preemptions: 0,
+            reported: 0,
+        });
+    }
+
+    /// No request waits or runs.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty() && self.refused.is_empty()
+    }
+
+    /// Requests running now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Engine steps run so far, and the most sequences one of them held.
+    pub fn stats(&self) -> (usize, usize) {
+        (self.steps, self.peak_batch)
+    }
+
+    /// Bytes the running caches hold now.
+    pub fn kv_bytes(&self) -> usize {
+        self.running.iter().map(|r| r.cache.bytes()).sum()
+    }
+
+    /// Admits what fits, runs one engine step over every running sequence, and reports what
+    /// happened through `on_event`, in order.
+    pub fn step(&mut self, on_event: &mut dyn FnMut(Event)) {
+        for e in self.refused.drain(..) {
+            on_event(e);
+        }
+        self.admit(on_event);
+        self.preempt_to_fit();
+        if self.running.is_empty() {
+            return;
+        }
+        // This step's work: every decoding sequence's next token, prompt chunks in order of
+        // admission while the prompt-token budget lasts.
+        let mut prompt_left = self.limits.prefill_chunk;
+        let mut took_chunk = false;
+        let mut work: Vec<(usize, Vec<u32>, usize)> = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            match &r.decoding {
+                Some((dec, next)) => {
+                    r.cache.begin(Step::Decode, 1);
+                    work.push((i, vec![*next], dec.next_position(r.req.prompt.len())));
+                }
+                None => {
+                    let (a, b) = r.chunks[r.next_chunk];
+                    if took_chunk && b - a > prompt_left {
+                        continue;
+                    }
+                    prompt_left = prompt_left.saturating_sub(b - a);
+                    took_chunk = true;
+                    let last = r.next_chunk + 1 == r.chunks.len();
+                    r.cache.begin(Step::Prefill { last }, b - a);
+                    r.cache
+                        .set_solo_last(last && r.req.prompt.len() % LLAMA_UBATCH == 1);
+                    work.push((i, r.req.prompt[a..b].to_vec(), a));
+                }
+            }
+        }
+        let logits = {
+            let mut chosen: Vec<&mut Running> = Vec::with_capacity(work.len());
+            let mut rest: &mut [Running] = &mut self.running;
+            let mut base = 0;
+            for &(i, _, _) in &work {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+                let (one, tail) = tail.split_at_mut(1);
+                chosen.push(&mut one[0]);
+                rest = tail;
+                base = i + 1;
+            }
+            let mut seqs: Vec<Seq> = chosen
+                .into_iter()
+                .zip(&work)
+                .map(|(r, (_, tokens, pos0))| Seq {
+                    tokens,
+                    pos0: *pos0,
+                    cache: &mut r.cache,
+                    want: Logits::Last,
+                })
+                .collect();
+            self.model.transformer.step(&mut seqs)
+        };
+        self.steps += 1;
+        self.peak_batch = self.peak_batch.max(work.len());
+        let mut finished = Vec::new();
+        for ((i, _, _), mut l) in work.into_iter().zip(logits) {
+            let r = &mut self.running[i];
+            if r.decoding.is_none() {
+                r.next_chunk += 1;
+                if r.next_chunk < r.chunks.len() {
+                    continue;
+                }
+                let prefill_ms = r.admitted.elapsed().as_secs_f64() * 1e3;
+                r.decoding = Some((Decoder::new(&r.req.opts, prefill_ms), 0));
+            }
+            let id = r.req.id;
+            let reported = &mut r.reported;
+            let Some((dec, next)) = r.decoding.as_mut() else {
+                continue;
+            };
+            let mut report = |tokens: &[u32]| {
+                let index = tokens.len() - 1;
+                if index >= *reported {
+                    *reported = index + 1;
+                    on_event(Event::Token {
+                        id,
+                        index,
+                        token: tokens[index],
+                    });
+                }
+            };
+            match dec.accept(self.model, &mut l, &r.req.opts, &mut report) {
+                Ok(Some(t)) => *next = t,
+                Ok(None) => finished.push((i, Ok(()))),
+                Err(e) => finished.push((i, Err(e))),
+            }
+        }
+        // Remove finished sequences from the back so the indices stay valid.
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut done = Vec::new();
+        for (i, status) in finished {
+            let r = self.running.remove(i);
+            let id = r.req.id;
+            let result = status.and_then(|()| {
+                let (dec, _) = r.decoding.expect("a finished sequence has decoded");
+                dec.finish(self.model, &r.cache, r.req.prompt.len())
+                    .map(|generation| Finished {
+                        generation,
+                        queue_ms: r.queue_ms,
+                        preemptions: r.preemptions,
+                    })
+            });
+            done.push((r.admitted, Event::Done { id, result }));
+        }
+        // In order of admission, as the sequences ran.
+        done.sort_by_key(|d| d.0);
+        for (_, e) in done {
+            on_event(e);
+        }
+    }
+
+    /// Runs steps until every submitted request is done.
+    pub fn run(&mut self, on_event: &mut dyn FnMut(Event)) {
+        while !self.is_idle() {
+            self.step(on_event);
+        }
+    }
+
+    /// Admits waiting requests, first come first served, while the batch has room and the
+    /// budget holds their caches as they will be once their prompts are in.
+    fn admit(&mut self, on_event: &mut dyn FnMut(Event)) {
+        let shape = self.model.config().cache_shape();
+        while self.running.len() < self.limits.max_batch {
+            let Some(w) = self.waiting.front() else { break };
+            let mut cache = self.model.new_cache(&w.req.spec, w.req.dtype);
+            let chunks = prefill_chunks(
+                w.req.prompt.len(),
+                w.req.opts.prefill_chunk,
+                min_last_chunk(&cache, &w.req.opts),
+            );
+            let need = projected_peak_bytes(&w.req.spec, shape, w.req.dtype, &chunks, 1);
+            if need > self.limits.kv_budget {
+                let w = self.waiting.pop_front().expect("the front request exists");
+                on_event(Event::Done {
+                    id: w.req.id,
+                    result: Err(EngineError::Invalid(format!(
+                        "the prompt of {} tokens needs {need} bytes of cache under {}, more than the whole KV budget of {} bytes",
+                        w.req.prompt.len(),
+                        w.req.spec.canonical(),
+                        self.limits.kv_budget
+                    ))),
+                });
+                continue;
+            }
+            let held: usize = self
+                .running
+                .iter()
+                .map(|r| r.reserved.max(r.cache.bytes()))
+                .sum();
+            if held + need > self.limits.kv_budget {
+                break;
+            }
+            let w = self.waiting.pop_front().expect("the front request exists");
+            cache.reserve(w.req.prompt.len() + w.req.opts.max_new_tokens);
+            let now = Instant::now();
+            self.running.push(Running {
+                queue_ms: now.duration_since(w.arrived).as_secs_f64() * 1e3,
+                arrived: w.arrived,
+                admitted: now,
+                preemptions: w.preemptions,
+                reported: w.reported,
+                reserved: need,
+                cache,
+                chunks,
+                next_chunk: 0,
+                decoding: None,
+                req: w.req,
+            });
+        }
+    }
+
+    /// Preempts the newest running requests while the caches after this step could pass the
+    /// budget: each sequence's bytes now (or what admission reserved, while its prompt goes
+    /// in) plus one full row per layer and head for a decode token.
+    fn preempt_to_fit(&mut self) {
+        let cfg = self.model.config();
+        loop {
+            let projected: usize = self
+                .running
+                .iter()
+                .map(|r| match r.decoding {
+                    Some(_) => r.cache.bytes() + cfg.cache_shape().full_bytes(1, r.req.dtype),
+                    None => r.reserved.max(r.cache.bytes()),
+                })
+                .sum();
+            if projected <= self.limits.kv_budget || self.running.len() <= 1 {
+                return;
+            }
+            let r = self.running.pop().expect("more than one request runs");
+            self.waiting.push_front(Waiting {
+                req: r.req,
+                arrived: r.arrived,
+                preemptions: r.preemptions + 1,
+                reported: r.reported,
+            });
+        }
+    }
+}
