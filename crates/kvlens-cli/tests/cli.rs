@@ -312,3 +312,86 @@ fn passkeys_in_the_middle_survive_snapkv_but_not_a_streaming_window() {
     assert_eq!(found["streamingllm"].0, 0, "{found:?}");
     assert!(found["snapkv"].0 >= 2, "{found:?}");
 }
+
+#[test]
+fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
+    let _ = stdout(&kvlens(&["models", "fetch"]));
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("thr.csv");
+    let out = stdout(&kvlens(&[
+        "bench",
+        "--methods",
+        "full,snapkv:budget=16,window=8",
+        "--context",
+        "40,72",
+        "--batch",
+        "1,3",
+        "--new-tokens",
+        "3",
+        "--kv-budget",
+        "4MiB",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).expect("standard output is JSON only");
+    let rows = v.as_array().unwrap();
+    // 2 methods × 2 contexts × (2 batches + the budget's row).
+    assert_eq!(rows.len(), 12, "{v}");
+    for method in [
+        "full",
+        "snapkv:budget=16,kernel=7,pool=max,when=prefill,window=8",
+    ] {
+        for context in [40, 72] {
+            let of = |batch: Option<u64>, budget: bool| -> &serde_json::Value {
+                rows.iter()
+                    .find(|r| {
+                        r["method"] == method
+                            && r["context"] == context
+                            && batch.is_none_or(|b| r["batch"] == b)
+                            && r.get("kv_budget").is_some() == budget
+                    })
+                    .unwrap_or_else(|| panic!("{method} {context} {batch:?} {budget}"))
+            };
+            let one = of(Some(1), false);
+            let three = of(Some(3), false);
+            let peak = one["kv_bytes_peak"].as_u64().unwrap();
+            // The same prompt in three caches: three times one cache's bytes.
+            assert_eq!(three["kv_bytes_peak"].as_u64().unwrap(), peak);
+            assert_eq!(three["kv_bytes_batch"].as_u64().unwrap(), 3 * peak);
+            // The budget's row: as many sequences as 4 MiB holds at one's peak.
+            let fit = of(None, true);
+            assert_eq!(fit["kv_budget"], 4 << 20);
+            assert_eq!(fit["batch"].as_u64().unwrap(), ((4 << 20) / peak).min(64));
+            assert!(fit["kv_bytes_batch"].as_u64().unwrap() <= 4 << 20);
+        }
+    }
+    // The study artifact's schema: one line per row (budget rows aside) and stage.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "model,method,bsz,prompt_len,stage,thr");
+    assert_eq!(lines.len(), 1 + 8 * 2);
+    let snap = "default,\"snapkv:budget=16,kernel=7,pool=max,when=prefill,window=8\",3,72,";
+    for stage in ["prefill", "decoding"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{snap}{stage},")))
+            .unwrap_or_else(|| panic!("no {stage} line in {text}"));
+        let thr: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(thr > 0.0, "{line}");
+    }
+    let bad = kvlens(&[
+        "bench",
+        "--batch",
+        "0",
+        "--context",
+        "8",
+        "--new-tokens",
+        "1",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--batch"));
+    let bad = kvlens(&["bench", "--kv-budget", "lots", "--context", "8"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--kv-budget `lots`"));
+}
