@@ -173,15 +173,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let budget = a
         .kv_budget
         .as_deref()
-        .map(|b| {
-            b.parse::<bytesize::ByteSize>()
-                .map(|s| s.as_u64())
-                .map_err(|e| anyhow::anyhow!("--kv-budget `{b}`: {e} (e.g. 512MiB, 2GB)"))
-        })
+        .map(|b| crate::parse_bytes("--kv-budget", b).map(|b| b as u64))
         .transpose()?;
-    if budget == Some(0) {
-        bail!("--kv-budget must be more than 0 bytes");
-    }
     if a.batch.contains(&0) || a.max_batch == 0 {
         bail!("--batch and --max-batch must be at least 1");
     }

@@ -171,10 +171,59 @@ struct ServeArgs {
     /// Require `Authorization: Bearer KEY`, KEY read from this environment variable.
     #[arg(long)]
     api_key_env: Option<String>,
-    /// Connections held at once; more are answered 503 (one generation runs at a time,
-    /// the others wait).
+    /// Connections held at once; more are answered 503.
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The scheduler's limits, with the same meaning and defaults wherever they appear.
+#[derive(Args, Clone)]
+pub struct LimitArgs {
+    /// Bytes all running caches may hold together (`512MiB`, `2GB`, bytes; default a quarter
+    /// of this machine's memory). A request is admitted when its cache, as its method holds
+    /// it once the prompt is in, fits.
+    #[arg(long)]
+    kv_budget: Option<String>,
+    /// Requests decoding together at most.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Prompt tokens per engine step (whole prompt chunks; a step takes at least one).
+    #[arg(long = "prefill-chunk", default_value_t = 512)]
+    step_prefill: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Result<kvlens_engine::sched::Limits> {
+        let kv_budget = match &self.kv_budget {
+            None => kvlens_engine::sched::default_kv_budget(),
+            Some(b) => parse_bytes("--kv-budget", b)?,
+        };
+        if self.max_batch == 0 {
+            bail!("--max-batch must be at least 1");
+        }
+        if self.step_prefill == 0 {
+            bail!("--prefill-chunk must be at least 1");
+        }
+        Ok(kvlens_engine::sched::Limits {
+            kv_budget,
+            max_batch: self.max_batch,
+            prefill_chunk: self.step_prefill,
+        })
+    }
+}
+
+/// A byte size given to `flag`: a number of bytes or one with a unit (`512MiB`, `2GB`).
+pub fn parse_bytes(flag: &str, text: &str) -> Result<usize> {
+    let b = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| anyhow::anyhow!("{flag} `{text}`: {e} (e.g. 512MiB, 2GB)"))?
+        .as_u64();
+    if b == 0 {
+        bail!("{flag} must be more than 0 bytes");
+    }
+    Ok(b as usize)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
@@ -200,6 +249,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             served_name: a.served_model_name.clone(),
             api_key,
             max_connections: a.max_connections,
+            limits: a.limits.limits()?,
         },
     )
     .with_context(|| format!("listening on {}:{}", a.host, a.port))?;

@@ -37,6 +37,31 @@ pub struct Limits {
     pub prefill_chunk: usize,
 }
 
+impl Limits {
+    /// The defaults of `serve`, `run` and `bench`: a quarter of this machine's memory for
+    /// caches, 16 sequences, 512 prompt tokens per step.
+    pub fn defaults() -> Self {
+        Self {
+            kv_budget: default_kv_budget(),
+            max_batch: 16,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// A quarter of the machine's memory (`MemTotal` of /proc/meminfo), or 4 GiB where that
+/// cannot be read.
+pub fn default_kv_budget() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024 / 4)
+        })
+        .unwrap_or(4 << 30)
+}
+
 /// One generation to run.
 pub struct Request {
     /// The caller's name for it, repeated in its events.
@@ -54,7 +79,10 @@ pub enum Event {
     /// completes a stop string).
     Token { id: u64, index: usize, token: u32 },
     /// It finished (or failed: a prompt its cache cannot hold within the budget).
-    Done { id: u64, result: Result<Finished> },
+    Done {
+        id: u64,
+        result: Result<Box<Finished>>,
+    },
 }
 
 /// A finished request: its generation (times from its last admission), the time it waited
@@ -64,6 +92,10 @@ pub struct Finished {
     pub generation: Generation,
     pub queue_ms: f64,
     pub preemptions: usize,
+    /// The scheduler's steps (counted from 1) in which its first and last tokens were
+    /// accepted (0 without tokens): the order of events across requests, free of clocks.
+    pub first_step: usize,
+    pub last_step: usize,
 }
 
 struct Waiting {
@@ -88,6 +120,8 @@ struct Running {
     next_chunk: usize,
     /// After the prompt: the decoder, and the token to feed next.
     decoding: Option<(Decoder, u32)>,
+    first_step: usize,
+    last_step: usize,
 }
 
 /// The scheduler over one model. `submit` requests, then call `step` until `is_idle`.
@@ -249,11 +283,17 @@ impl<'m> Scheduler<'m> {
                 r.decoding = Some((Decoder::new(&r.req.opts, prefill_ms), 0));
             }
             let id = r.req.id;
+            let step_no = self.steps;
             let reported = &mut r.reported;
+            let (first_step, last_step) = (&mut r.first_step, &mut r.last_step);
             let Some((dec, next)) = r.decoding.as_mut() else {
                 continue;
             };
             let mut report = |tokens: &[u32]| {
+                if *first_step == 0 {
+                    *first_step = step_no;
+                }
+                *last_step = step_no;
                 let index = tokens.len() - 1;
                 if index >= *reported {
                     *reported = index + 1;
@@ -279,10 +319,14 @@ impl<'m> Scheduler<'m> {
             let result = status.and_then(|()| {
                 let (dec, _) = r.decoding.expect("a finished sequence has decoded");
                 dec.finish(self.model, &r.cache, r.req.prompt.len())
-                    .map(|generation| Finished {
-                        generation,
-                        queue_ms: r.queue_ms,
-                        preemptions: r.preemptions,
+                    .map(|generation| {
+                        Box::new(Finished {
+                            generation,
+                            queue_ms: r.queue_ms,
+                            preemptions: r.preemptions,
+                            first_step: r.first_step,
+                            last_step: r.last_step,
+                        })
                     })
             });
             done.push((r.admitted, Event::Done { id, result }));
@@ -292,6 +336,13 @@ impl<'m> Scheduler<'m> {
         for (_, e) in done {
             on_event(e);
         }
+    }
+
+    /// Forgets a request, waiting or running (its client went away); its cache is freed at
+    /// once and no event comes for it.
+    pub fn cancel(&mut self, id: u64) {
+        self.waiting.retain(|w| w.req.id != id);
+        self.running.retain(|r| r.req.id != id);
     }
 
     /// Runs steps until every submitted request is done.
@@ -349,6 +400,8 @@ impl<'m> Scheduler<'m> {
                 chunks,
                 next_chunk: 0,
                 decoding: None,
+                first_step: 0,
+                last_step: 0,
                 req: w.req,
             });
         }

@@ -79,7 +79,7 @@ fn run(
                 events.push((id, None));
                 match result {
                     Ok(f) => {
-                        done.insert(id, f);
+                        done.insert(id, *f);
                     }
                     Err(e) => {
                         failed.insert(id, e.to_string());

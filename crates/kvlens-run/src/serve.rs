@@ -2,18 +2,22 @@
 //! (`/v1/chat/completions`, `/v1/completions`, streaming included), so that other harnesses
 //! can use kvlens's methods and the `openai` backend can be tested against a real server.
 //!
-//! One generation runs at a time (the engine uses every core); other requests wait their
-//! turn. Besides the standard fields, the last event carries llama.cpp-style `timings` and a
-//! `kvlens` object with the engine's own measurements (prefill time, cache bytes).
+//! Requests run together on the engine's scheduler ([`kvlens_engine::sched`]): continuous
+//! batching under a KV memory budget, so concurrent requests decode in the same steps, and
+//! each gets the tokens it would get alone. Besides the standard fields, the last event
+//! carries llama.cpp-style `timings` and a `kvlens` object with the engine's own measurements
+//! (queue time, prefill time, cache bytes, preemptions).
 
 use crate::http::{self, Request};
-use kvlens_engine::{decode_with, prefill, FinishReason, GenOptions, Message, Model, Sampling};
-use kvlens_press::{KvCache, KvDtype, Spec};
+use kvlens_engine::sched::{self, Event, Limits, Scheduler};
+use kvlens_engine::{EngineError, FinishReason, GenOptions, Message, Model, Sampling};
+use kvlens_press::{KvDtype, Spec};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct ServeOptions {
     /// `host:port`; port 0 picks a free one.
@@ -26,14 +30,22 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Connections served at once (the rest are answered 503).
     pub max_connections: usize,
+    /// The scheduler's KV budget, batch size and prompt tokens per step.
+    pub limits: Limits,
+}
+
+/// A request for the scheduler's thread, with where its events go.
+struct Job {
+    req: sched::Request,
+    events: mpsc::Sender<Event>,
 }
 
 struct State {
-    model: Model,
+    model: Arc<Model>,
     name: String,
     method: Spec,
     dtype: KvDtype,
-    cache: Mutex<KvCache>,
+    jobs: mpsc::Sender<Job>,
     api_key: Option<String>,
     open: AtomicUsize,
     max_open: usize,
@@ -73,8 +85,14 @@ impl Drop for Handle {
 impl Server {
     pub fn bind(model: Model, opts: ServeOptions) -> std::io::Result<Self> {
         let listener = TcpListener::bind(&opts.addr)?;
-        let cache = model.new_cache(&opts.method, opts.kv_dtype);
         let name = opts.served_name.unwrap_or_else(|| model.name.clone());
+        let model = Arc::new(model);
+        // Checked here so that the scheduler's thread starts with valid limits.
+        Scheduler::new(&model, opts.limits)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (jobs, inbox) = mpsc::channel();
+        let for_thread = model.clone();
+        std::thread::spawn(move || schedule(&for_thread, opts.limits, inbox));
         Ok(Self {
             listener,
             state: Arc::new(State {
@@ -82,7 +100,7 @@ impl Server {
                 name,
                 method: opts.method,
                 dtype: opts.kv_dtype,
-                cache: Mutex::new(cache),
+                jobs,
                 api_key: opts.api_key,
                 open: AtomicUsize::new(0),
                 max_open: opts.max_connections.max(1),
@@ -404,9 +422,20 @@ fn complete(
                "choices": [choice]})
     };
 
-    let queued = Instant::now();
-    let mut cache = state.cache.lock().unwrap_or_else(|p| p.into_inner());
-    let queue_ms = queued.elapsed().as_secs_f64() * 1e3;
+    let (events, inbox) = mpsc::channel();
+    let job = Job {
+        req: sched::Request {
+            id: state.ids.fetch_add(1, Ordering::SeqCst) as u64,
+            prompt: ask.ids.clone(),
+            spec: state.method.clone(),
+            dtype: state.dtype,
+            opts: ask.opts.clone(),
+        },
+        events,
+    };
+    if state.jobs.send(job).is_err() {
+        return Err(ApiError(503, "the scheduler is not running".into()));
+    }
     let mut gone = false;
     if ask.stream {
         if http::start_events(stream).is_err() {
@@ -420,31 +449,39 @@ fn complete(
     }
     let model = &state.model;
     let mut sent = 0;
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let pre = prefill(model, &mut cache, &ask.ids, &ask.opts)?;
-        decode_with(model, &mut cache, &ask.ids, &pre, &ask.opts, &mut |toks| {
-            if !ask.stream || gone {
-                return;
+    let mut tokens = Vec::new();
+    let result = loop {
+        match inbox.recv() {
+            Ok(Event::Token { token, .. }) => {
+                tokens.push(token);
+                if !ask.stream {
+                    continue;
+                }
+                let Ok(text) = model.tokenizer.decode(&tokens) else {
+                    continue;
+                };
+                let end = safe_len(&text, &ask.opts.stop);
+                if end > sent && text.is_char_boundary(sent) {
+                    let piece = &text[sent..end];
+                    gone = http::send_event(stream, &chunk(Some(piece), None).to_string()).is_err();
+                    sent = end;
+                }
+                if gone {
+                    // Dropping the inbox frees the sequence at the scheduler's next step.
+                    return Ok(());
+                }
             }
-            let Ok(text) = model.tokenizer.decode(toks) else {
-                return;
-            };
-            let end = safe_len(&text, &ask.opts.stop);
-            if end > sent && text.is_char_boundary(sent) {
-                let piece = &text[sent..end];
-                gone = http::send_event(stream, &chunk(Some(piece), None).to_string()).is_err();
-                sent = end;
-            }
-        })
-    }))
-    .unwrap_or_else(|_| {
-        Err(kvlens_engine::EngineError::Invalid(
-            "the engine panicked".into(),
-        ))
-    });
-    drop(cache);
-    let g = match result {
-        Ok(g) => g,
+            Ok(Event::Done { result, .. }) => break result,
+            Err(_) => break Err(EngineError::Invalid("the scheduler stopped".into())),
+        }
+    };
+    let (g, queue_ms, preemptions, steps) = match result {
+        Ok(f) => (
+            f.generation,
+            f.queue_ms,
+            f.preemptions,
+            (f.first_step, f.last_step),
+        ),
         Err(e) => {
             if ask.stream {
                 let body = json!({"error": {"message": e.to_string(), "type": "server_error"}});
@@ -452,7 +489,12 @@ fn complete(
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return Ok(());
             }
-            return Err(ApiError(500, e.to_string()));
+            let status = if matches!(e, EngineError::Invalid(_) | EngineError::TooLong { .. }) {
+                400
+            } else {
+                500
+            };
+            return Err(ApiError(status, e.to_string()));
         }
     };
     let (finish, stop_reason) = match g.finish_reason {
@@ -481,7 +523,9 @@ fn complete(
         "method": state.method.canonical(), "kv_dtype": state.dtype.name(),
         "finish_reason": match g.finish_reason {
             FinishReason::Eos => "eos", FinishReason::Stop => "stop", FinishReason::Length => "length" },
-        "queue_ms": queue_ms, "prefill_ms": g.prefill_ms, "ttft_ms": g.ttft_ms,
+        "queue_ms": queue_ms, "preemptions": preemptions,
+        "first_token_step": steps.0, "last_token_step": steps.1,
+        "prefill_ms": g.prefill_ms, "ttft_ms": g.ttft_ms,
         "decode_ms": g.decode_ms, "e2e_ms": g.e2e_ms, "decode_ms_p50": g.decode_ms_p50,
         "decode_ms_p90": g.decode_ms_p90, "decode_ms_max": g.decode_ms_max,
         "kv_bytes_peak": g.kv_bytes_peak, "kv_bytes_end": g.kv_bytes_end,
@@ -529,6 +573,68 @@ fn complete(
                       "choices": [choice], "usage": usage, "timings": timings, "kvlens": kv});
     http::respond(stream, 200, "application/json", body.to_string().as_bytes());
     Ok(())
+}
+
+/// The scheduler's thread: takes jobs as they come, runs engine steps while any request
+/// waits or runs, and sends each request's events to its handler. A handler that stopped
+/// listening (its client went away) has its request cancelled. Ends when the server is gone.
+fn schedule(model: &Model, limits: Limits, inbox: mpsc::Receiver<Job>) {
+    let Ok(mut sched) = Scheduler::new(model, limits) else {
+        return;
+    };
+    let mut clients: HashMap<u64, mpsc::Sender<Event>> = HashMap::new();
+    let take =
+        |sched: &mut Scheduler, clients: &mut HashMap<u64, mpsc::Sender<Event>>, job: Job| {
+            clients.insert(job.req.id, job.events);
+            sched.submit(job.req);
+        };
+    loop {
+        if sched.is_idle() {
+            match inbox.recv() {
+                Ok(job) => take(&mut sched, &mut clients, job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = inbox.try_recv() {
+            take(&mut sched, &mut clients, job);
+        }
+        let mut gone = Vec::new();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sched.step(&mut |e| {
+                let (id, done) = match &e {
+                    Event::Token { id, .. } => (*id, false),
+                    Event::Done { id, .. } => (*id, true),
+                };
+                if let Some(tx) = clients.get(&id) {
+                    if tx.send(e).is_err() {
+                        gone.push(id);
+                    }
+                }
+                if done {
+                    clients.remove(&id);
+                }
+            })
+        }));
+        if stepped.is_err() {
+            // The engine panicked: every request in flight fails, and a fresh scheduler
+            // takes the next ones.
+            for (id, tx) in clients.drain() {
+                let _ = tx.send(Event::Done {
+                    id,
+                    result: Err(EngineError::Invalid("the engine panicked".into())),
+                });
+            }
+            match Scheduler::new(model, limits) {
+                Ok(s) => sched = s,
+                Err(_) => return,
+            }
+            continue;
+        }
+        for id in gone {
+            sched.cancel(id);
+            clients.remove(&id);
+        }
+    }
 }
 
 #[cfg(test)]
