@@ -139,22 +139,52 @@ pub fn generate(
     prompt: &[u32],
     opts: &GenOptions,
 ) -> Result<Generation> {
-    let pre = prefill(model, cache, prompt, opts)?;
-    decode(model, cache, prompt, &pre, opts)
+    run_alone(model, cache, None, prompt, opts, &mut |_| {})
 }
 
-/// The smallest last chunk for `cache`'s method under `opts`.
-pub fn min_last_chunk(cache: &KvCache, opts: &GenOptions) -> usize {
-    cache.needs().window.max(opts.min_last_chunk)
-}
-
-/// Processes `prompt` into `cache` (reset first) in chunks.
-pub fn prefill(
+/// One request through the scheduler (the one way generation runs), on the caller's cache.
+fn run_alone(
     model: &Model,
     cache: &mut KvCache,
+    pre: Option<&Prefilled>,
     prompt: &[u32],
     opts: &GenOptions,
-) -> Result<Prefilled> {
+    on_token: &mut dyn FnMut(&[u32]),
+) -> Result<Generation> {
+    use crate::sched::{CacheSource, Event, Limits, Request, Scheduler};
+    let mut s = Scheduler::new(
+        model,
+        Limits {
+            kv_budget: usize::MAX,
+            max_batch: 1,
+            prefill_chunk: usize::MAX,
+        },
+    )?;
+    s.submit(Request {
+        id: 0,
+        prompt: prompt.to_vec(),
+        cache: CacheSource::Lent(cache, pre.cloned()),
+        opts: opts.clone(),
+    });
+    let mut tokens = Vec::new();
+    let mut result = None;
+    s.run(&mut |e| match e {
+        Event::Token { token, .. } => {
+            tokens.push(token);
+            on_token(&tokens);
+        }
+        Event::Done { result: r, .. } => result = Some(r),
+    });
+    match result {
+        Some(r) => r.map(|f| f.generation),
+        None => Err(EngineError::Invalid(
+            "the scheduler ended without an answer".into(),
+        )),
+    }
+}
+
+/// Why `prompt` cannot be generated from with `opts`, if it cannot.
+pub(crate) fn check_prompt(model: &Model, prompt: &[u32], opts: &GenOptions) -> Result<()> {
     let cfg = model.config();
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -171,6 +201,22 @@ pub fn prefill(
             "token id {bad} is outside the vocabulary"
         )));
     }
+    Ok(())
+}
+
+/// The smallest last chunk for `cache`'s method under `opts`.
+pub fn min_last_chunk(cache: &KvCache, opts: &GenOptions) -> usize {
+    cache.needs().window.max(opts.min_last_chunk)
+}
+
+/// Processes `prompt` into `cache` (reset first) in chunks.
+pub fn prefill(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    opts: &GenOptions,
+) -> Result<Prefilled> {
+    check_prompt(model, prompt, opts)?;
     cache.reset();
     cache.reserve(prompt.len() + opts.max_new_tokens);
     let start = Instant::now();
@@ -218,18 +264,7 @@ pub fn decode_with(
     opts: &GenOptions,
     on_token: &mut dyn FnMut(&[u32]),
 ) -> Result<Generation> {
-    let mut dec = Decoder::new(opts, pre.prefill_ms);
-    let mut logits = pre.logits.clone();
-    while let Some(next) = dec.accept(model, &mut logits, opts, on_token)? {
-        cache.begin(Step::Decode, 1);
-        logits = model.transformer.forward(
-            &[next],
-            dec.next_position(prompt.len()),
-            cache,
-            Logits::Last,
-        );
-    }
-    dec.finish(model, cache, prompt.len())
+    run_alone(model, cache, Some(pre), prompt, opts, on_token)
 }
 
 /// One sequence's decoding after its prefill: sampling, the stop rules and the timings of

@@ -18,7 +18,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::generate::{
-    min_last_chunk, prefill_chunks, Decoder, GenOptions, Generation, LLAMA_UBATCH,
+    check_prompt, prefill_chunks, Decoder, GenOptions, Generation, Prefilled, LLAMA_UBATCH,
 };
 use crate::model::{Logits, Seq};
 use crate::Model;
@@ -63,13 +63,47 @@ pub fn default_kv_budget() -> usize {
 }
 
 /// One generation to run.
-pub struct Request {
+pub struct Request<'c> {
     /// The caller's name for it, repeated in its events.
     pub id: u64,
     pub prompt: Vec<u32>,
-    pub spec: Spec,
-    pub dtype: KvDtype,
+    pub cache: CacheSource<'c>,
     pub opts: GenOptions,
+}
+
+/// Where a request's cache comes from.
+pub enum CacheSource<'c> {
+    /// A new cache of this method and element type, counted against the KV budget.
+    New(Spec, KvDtype),
+    /// The caller's cache (reset first), left as the run leaves it; not counted against the
+    /// budget, and never preempted. With the prompt's prefill already in it (and its last
+    /// logits), the request starts decoding.
+    Lent(&'c mut KvCache, Option<Prefilled>),
+}
+
+/// A running request's cache.
+enum Slot<'c> {
+    Own(Box<KvCache>),
+    Lent(&'c mut KvCache),
+}
+
+impl std::ops::Deref for Slot<'_> {
+    type Target = KvCache;
+    fn deref(&self) -> &KvCache {
+        match self {
+            Slot::Own(c) => c,
+            Slot::Lent(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Slot<'_> {
+    fn deref_mut(&mut self) -> &mut KvCache {
+        match self {
+            Slot::Own(c) => c,
+            Slot::Lent(c) => c,
+        }
+    }
 }
 
 /// What happened to a request.
@@ -98,16 +132,20 @@ pub struct Finished {
     pub last_step: usize,
 }
 
-struct Waiting {
-    req: Request,
+struct Waiting<'c> {
+    req: Request<'c>,
     arrived: Instant,
     preemptions: usize,
     /// Tokens already reported in events (a preempted request reports none of them again).
     reported: usize,
 }
 
-struct Running {
-    req: Request,
+struct Running<'c> {
+    id: u64,
+    prompt: Vec<u32>,
+    opts: GenOptions,
+    /// How to make its cache again after a preemption (a lent cache is never preempted).
+    spec: Option<(Spec, KvDtype)>,
     arrived: Instant,
     admitted: Instant,
     queue_ms: f64,
@@ -115,11 +153,13 @@ struct Running {
     reported: usize,
     /// The bytes admission counted for it.
     reserved: usize,
-    cache: KvCache,
+    cache: Slot<'c>,
     chunks: Vec<(usize, usize)>,
     next_chunk: usize,
     /// After the prompt: the decoder, and the token to feed next.
     decoding: Option<(Decoder, u32)>,
+    /// Logits of a prefill done before admission, to pick the first token from.
+    pending: Option<Vec<f32>>,
     first_step: usize,
     last_step: usize,
 }
@@ -128,8 +168,8 @@ struct Running {
 pub struct Scheduler<'m> {
     model: &'m Model,
     limits: Limits,
-    waiting: VecDeque<Waiting>,
-    running: Vec<Running>,
+    waiting: VecDeque<Waiting<'m>>,
+    running: Vec<Running<'m>>,
     /// Events of requests refused at submission, reported by the next step.
     refused: Vec<Event>,
     steps: usize,
@@ -157,27 +197,11 @@ impl<'m> Scheduler<'m> {
 
     /// Queues a request; one that cannot run at all (an empty or too long prompt) is
     /// reported as failed by the next step.
-    pub fn submit(&mut self, req: Request) {
-        let cfg = self.model.config();
-        let bad = if req.prompt.is_empty() {
-            Some("the prompt is empty".to_string())
-        } else if req.prompt.len() + req.opts.max_new_tokens > cfg.context {
-            Some(format!(
-                "{} prompt tokens + {} new exceed the model's context of {}",
-                req.prompt.len(),
-                req.opts.max_new_tokens,
-                cfg.context
-            ))
-        } else {
-            req.prompt
-                .iter()
-                .find(|&&t| t as usize >= cfg.vocab)
-                .map(|t| format!("token id {t} is outside the vocabulary"))
-        };
-        if let Some(msg) = bad {
+    pub fn submit(&mut self, req: Request<'m>) {
+        if let Err(e) = check_prompt(self.model, &req.prompt, &req.opts) {
             self.refused.push(Event::Done {
                 id: req.id,
-                result: Err(EngineError::Invalid(msg)),
+                result: Err(e),
             });
             return;
         }
@@ -217,6 +241,16 @@ impl<'m> Scheduler<'m> {
         }
         self.admit(on_event);
         self.preempt_to_fit();
+        // Requests admitted with their prompt already in pick their first token first.
+        let mut finished = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if let Some(mut l) = r.pending.take() {
+                if let Some(end) = accept(self.model, r, &mut l, self.steps, on_event) {
+                    finished.push((i, end));
+                }
+            }
+        }
+        self.retire(finished, on_event);
         if self.running.is_empty() {
             return;
         }
@@ -229,7 +263,7 @@ impl<'m> Scheduler<'m> {
             match &r.decoding {
                 Some((dec, next)) => {
                     r.cache.begin(Step::Decode, 1);
-                    work.push((i, vec![*next], dec.next_position(r.req.prompt.len())));
+                    work.push((i, vec![*next], dec.next_position(r.prompt.len())));
                 }
                 None => {
                     let (a, b) = r.chunks[r.next_chunk];
@@ -241,8 +275,8 @@ impl<'m> Scheduler<'m> {
                     let last = r.next_chunk + 1 == r.chunks.len();
                     r.cache.begin(Step::Prefill { last }, b - a);
                     r.cache
-                        .set_solo_last(last && r.req.prompt.len() % LLAMA_UBATCH == 1);
-                    work.push((i, r.req.prompt[a..b].to_vec(), a));
+                        .set_solo_last(last && r.prompt.len() % LLAMA_UBATCH == 1);
+                    work.push((i, r.prompt[a..b].to_vec(), a));
                 }
             }
         }
@@ -280,45 +314,26 @@ impl<'m> Scheduler<'m> {
                     continue;
                 }
                 let prefill_ms = r.admitted.elapsed().as_secs_f64() * 1e3;
-                r.decoding = Some((Decoder::new(&r.req.opts, prefill_ms), 0));
+                r.decoding = Some((Decoder::new(&r.opts, prefill_ms), 0));
             }
-            let id = r.req.id;
-            let step_no = self.steps;
-            let reported = &mut r.reported;
-            let (first_step, last_step) = (&mut r.first_step, &mut r.last_step);
-            let Some((dec, next)) = r.decoding.as_mut() else {
-                continue;
-            };
-            let mut report = |tokens: &[u32]| {
-                if *first_step == 0 {
-                    *first_step = step_no;
-                }
-                *last_step = step_no;
-                let index = tokens.len() - 1;
-                if index >= *reported {
-                    *reported = index + 1;
-                    on_event(Event::Token {
-                        id,
-                        index,
-                        token: tokens[index],
-                    });
-                }
-            };
-            match dec.accept(self.model, &mut l, &r.req.opts, &mut report) {
-                Ok(Some(t)) => *next = t,
-                Ok(None) => finished.push((i, Ok(()))),
-                Err(e) => finished.push((i, Err(e))),
+            if let Some(end) = accept(self.model, r, &mut l, self.steps, on_event) {
+                finished.push((i, end));
             }
         }
-        // Remove finished sequences from the back so the indices stay valid.
+        self.retire(finished, on_event);
+    }
+
+    /// Removes the finished sequences (by index) and reports them, in order of admission.
+    fn retire(&mut self, mut finished: Vec<(usize, Result<()>)>, on_event: &mut dyn FnMut(Event)) {
+        // From the back, so that the indices stay valid.
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut done = Vec::new();
         for (i, status) in finished {
             let r = self.running.remove(i);
-            let id = r.req.id;
+            let id = r.id;
             let result = status.and_then(|()| {
                 let (dec, _) = r.decoding.expect("a finished sequence has decoded");
-                dec.finish(self.model, &r.cache, r.req.prompt.len())
+                dec.finish(self.model, &r.cache, r.prompt.len())
                     .map(|generation| {
                         Box::new(Finished {
                             generation,
@@ -331,7 +346,6 @@ impl<'m> Scheduler<'m> {
             });
             done.push((r.admitted, Event::Done { id, result }));
         }
-        // In order of admission, as the sequences ran.
         done.sort_by_key(|d| d.0);
         for (_, e) in done {
             on_event(e);
@@ -342,7 +356,7 @@ impl<'m> Scheduler<'m> {
     /// once and no event comes for it.
     pub fn cancel(&mut self, id: u64) {
         self.waiting.retain(|w| w.req.id != id);
-        self.running.retain(|r| r.req.id != id);
+        self.running.retain(|r| r.id != id);
     }
 
     /// Runs steps until every submitted request is done.
@@ -358,21 +372,39 @@ impl<'m> Scheduler<'m> {
         let shape = self.model.config().cache_shape();
         while self.running.len() < self.limits.max_batch {
             let Some(w) = self.waiting.front() else { break };
-            let mut cache = self.model.new_cache(&w.req.spec, w.req.dtype);
-            let chunks = prefill_chunks(
-                w.req.prompt.len(),
-                w.req.opts.prefill_chunk,
-                min_last_chunk(&cache, &w.req.opts),
-            );
-            let need = projected_peak_bytes(&w.req.spec, shape, w.req.dtype, &chunks, 1);
+            let opts = &w.req.opts;
+            let (window, need) = match &w.req.cache {
+                CacheSource::New(spec, _) => (spec.build().needs().window, None),
+                CacheSource::Lent(c, _) => (c.needs().window, Some(0)),
+            };
+            let prefilled = matches!(w.req.cache, CacheSource::Lent(_, Some(_)));
+            let chunks = if prefilled {
+                Vec::new()
+            } else {
+                prefill_chunks(
+                    w.req.prompt.len(),
+                    opts.prefill_chunk,
+                    window.max(opts.min_last_chunk),
+                )
+            };
+            let need = match (&w.req.cache, need) {
+                (_, Some(n)) => n,
+                (CacheSource::New(spec, dtype), None) => {
+                    projected_peak_bytes(spec, shape, *dtype, &chunks, 1)
+                }
+                (CacheSource::Lent(..), None) => 0,
+            };
             if need > self.limits.kv_budget {
                 let w = self.waiting.pop_front().expect("the front request exists");
+                let spec = match &w.req.cache {
+                    CacheSource::New(spec, _) => spec.canonical(),
+                    CacheSource::Lent(..) => String::new(),
+                };
                 on_event(Event::Done {
                     id: w.req.id,
                     result: Err(EngineError::Invalid(format!(
-                        "the prompt of {} tokens needs {need} bytes of cache under {}, more than the whole KV budget of {} bytes",
+                        "the prompt of {} tokens needs {need} bytes of cache under {spec}, more than the whole KV budget of {} bytes",
                         w.req.prompt.len(),
-                        w.req.spec.canonical(),
                         self.limits.kv_budget
                     ))),
                 });
@@ -381,56 +413,134 @@ impl<'m> Scheduler<'m> {
             let held: usize = self
                 .running
                 .iter()
+                .filter(|r| r.spec.is_some())
                 .map(|r| r.reserved.max(r.cache.bytes()))
                 .sum();
             if held + need > self.limits.kv_budget {
                 break;
             }
             let w = self.waiting.pop_front().expect("the front request exists");
-            cache.reserve(w.req.prompt.len() + w.req.opts.max_new_tokens);
+            let Request {
+                id,
+                prompt,
+                cache,
+                opts,
+            } = w.req;
+            let room = prompt.len() + opts.max_new_tokens;
+            let (slot, spec, pending) = match cache {
+                CacheSource::New(spec, dtype) => {
+                    let mut c = self.model.new_cache(&spec, dtype);
+                    c.reserve(room);
+                    (Slot::Own(Box::new(c)), Some((spec, dtype)), None)
+                }
+                CacheSource::Lent(c, Some(pre)) => (Slot::Lent(c), None, Some(pre)),
+                CacheSource::Lent(c, None) => {
+                    c.reset();
+                    c.reserve(room);
+                    (Slot::Lent(c), None, None)
+                }
+            };
             let now = Instant::now();
+            let decoding = pending
+                .as_ref()
+                .map(|pre| (Decoder::new(&opts, pre.prefill_ms), 0));
             self.running.push(Running {
+                id,
+                prompt,
+                opts,
+                spec,
                 queue_ms: now.duration_since(w.arrived).as_secs_f64() * 1e3,
                 arrived: w.arrived,
                 admitted: now,
                 preemptions: w.preemptions,
                 reported: w.reported,
                 reserved: need,
-                cache,
+                cache: slot,
                 chunks,
                 next_chunk: 0,
-                decoding: None,
+                decoding,
+                pending: pending.map(|pre| pre.logits),
                 first_step: 0,
                 last_step: 0,
-                req: w.req,
             });
         }
     }
 
-    /// Preempts the newest running requests while the caches after this step could pass the
-    /// budget: each sequence's bytes now (or what admission reserved, while its prompt goes
-    /// in) plus one full row per layer and head for a decode token.
+    /// Preempts the newest running requests (of the scheduler's own caches) while the caches
+    /// after this step could pass the budget: each sequence's bytes now (or what admission
+    /// reserved, while its prompt goes in) plus one full row per layer and head for a decode
+    /// token.
     fn preempt_to_fit(&mut self) {
-        let cfg = self.model.config();
+        let shape = self.model.config().cache_shape();
         loop {
             let projected: usize = self
                 .running
                 .iter()
-                .map(|r| match r.decoding {
-                    Some(_) => r.cache.bytes() + cfg.cache_shape().full_bytes(1, r.req.dtype),
-                    None => r.reserved.max(r.cache.bytes()),
+                .filter_map(|r| {
+                    let (_, dtype) = r.spec.as_ref()?;
+                    Some(match r.decoding {
+                        Some(_) => r.cache.bytes() + shape.full_bytes(1, *dtype),
+                        None => r.reserved.max(r.cache.bytes()),
+                    })
                 })
                 .sum();
-            if projected <= self.limits.kv_budget || self.running.len() <= 1 {
+            let owned = self.running.iter().filter(|r| r.spec.is_some()).count();
+            if projected <= self.limits.kv_budget || owned <= 1 {
                 return;
             }
-            let r = self.running.pop().expect("more than one request runs");
+            let Some(i) = self.running.iter().rposition(|r| r.spec.is_some()) else {
+                return;
+            };
+            let r = self.running.remove(i);
+            let (spec, dtype) = r.spec.expect("an owned cache has its method");
             self.waiting.push_front(Waiting {
-                req: r.req,
+                req: Request {
+                    id: r.id,
+                    prompt: r.prompt,
+                    cache: CacheSource::New(spec, dtype),
+                    opts: r.opts,
+                },
                 arrived: r.arrived,
                 preemptions: r.preemptions + 1,
                 reported: r.reported,
             });
         }
+    }
+}
+
+/// Picks `r`'s next token from `logits`, reporting it; `Some(result)` when `r` is done.
+fn accept(
+    model: &Model,
+    r: &mut Running,
+    logits: &mut [f32],
+    step_no: usize,
+    on_event: &mut dyn FnMut(Event),
+) -> Option<Result<()>> {
+    let id = r.id;
+    let reported = &mut r.reported;
+    let (first_step, last_step) = (&mut r.first_step, &mut r.last_step);
+    let (dec, next) = r.decoding.as_mut()?;
+    let mut report = |tokens: &[u32]| {
+        if *first_step == 0 {
+            *first_step = step_no.max(1);
+        }
+        *last_step = step_no.max(1);
+        let index = tokens.len() - 1;
+        if index >= *reported {
+            *reported = index + 1;
+            on_event(Event::Token {
+                id,
+                index,
+                token: tokens[index],
+            });
+        }
+    };
+    match dec.accept(model, logits, &r.opts, &mut report) {
+        Ok(Some(t)) => {
+            *next = t;
+            None
+        }
+        Ok(None) => Some(Ok(())),
+        Err(e) => Some(Err(e)),
     }
 }

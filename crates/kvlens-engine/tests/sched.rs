@@ -6,7 +6,7 @@
 mod common;
 
 use common::tiny::{hf_tensors, mixed, write_gguf, write_tokenizer, Arch};
-use kvlens_engine::sched::{Event, Finished, Limits, Request, Scheduler};
+use kvlens_engine::sched::{CacheSource, Event, Finished, Limits, Request, Scheduler};
 use kvlens_engine::{generate, GenOptions, Model};
 use kvlens_press::{KvDtype, Spec};
 use std::collections::BTreeMap;
@@ -41,12 +41,11 @@ fn opts(max_new: usize) -> GenOptions {
     }
 }
 
-fn request(id: u64, method: &str, len: usize, max_new: usize) -> Request {
+fn request(id: u64, method: &str, len: usize, max_new: usize) -> Request<'static> {
     Request {
         id,
         prompt: prompt(len, id as u32),
-        spec: Spec::parse(method).unwrap(),
-        dtype: KvDtype::F16,
+        cache: CacheSource::New(Spec::parse(method).unwrap(), KvDtype::F16),
         opts: opts(max_new),
     }
 }
@@ -58,7 +57,7 @@ fn request(id: u64, method: &str, len: usize, max_new: usize) -> Request {
 fn run(
     model: &Model,
     limits: Limits,
-    reqs: Vec<Request>,
+    reqs: Vec<Request<'static>>,
 ) -> (
     Vec<(u64, Option<usize>)>,
     BTreeMap<u64, Finished>,
@@ -95,7 +94,10 @@ fn run(
 }
 
 fn alone(model: &Model, r: &Request) -> kvlens_engine::Generation {
-    let mut cache = model.new_cache(&r.spec, r.dtype);
+    let CacheSource::New(spec, dtype) = &r.cache else {
+        unreachable!("the tests' requests bring no cache")
+    };
+    let mut cache = model.new_cache(spec, *dtype);
     generate(model, &mut cache, &r.prompt, &r.opts).unwrap()
 }
 
@@ -115,7 +117,7 @@ fn same_as_alone(model: &Model, reqs: &[Request], done: &BTreeMap<u64, Finished>
     }
 }
 
-fn reqs_mixed() -> Vec<Request> {
+fn reqs_mixed() -> Vec<Request<'static>> {
     vec![
         request(1, "full", 70, 6),
         request(2, "snapkv:budget=16,window=8", 50, 9),
@@ -170,7 +172,9 @@ fn the_kv_budget_admits_more_requests_of_a_method_that_keeps_less() {
         max_batch: 16,
         prefill_chunk: 1024,
     };
-    let of = |method: &str| -> Vec<Request> { (0..8).map(|i| request(i, method, 64, 3)).collect() };
+    let of = |method: &str| -> Vec<Request<'static>> {
+        (0..8).map(|i| request(i, method, 64, 3)).collect()
+    };
     let (_, done_full, running_full, _) = run(&model, limits, of("full"));
     let (_, done_snap, running_snap, _) = run(&model, limits, of("snapkv:budget=16,window=8"));
     let most = |r: &[usize]| r.iter().copied().max().unwrap();
@@ -194,7 +198,7 @@ fn preempted_requests_come_back_with_the_same_tokens_reported_once() {
         max_batch: 8,
         prefill_chunk: 1024,
     };
-    let reqs: Vec<Request> = (0..3).map(|i| request(i, "full", 20, 40)).collect();
+    let reqs: Vec<Request<'static>> = (0..3).map(|i| request(i, "full", 20, 40)).collect();
     let (events, done, _, failed) = run(&model, limits, reqs);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(
@@ -202,7 +206,7 @@ fn preempted_requests_come_back_with_the_same_tokens_reported_once() {
         "no preemption: {:?}",
         done.values().map(|f| f.preemptions).collect::<Vec<_>>()
     );
-    let reqs: Vec<Request> = (0..3).map(|i| request(i, "full", 20, 40)).collect();
+    let reqs: Vec<Request<'static>> = (0..3).map(|i| request(i, "full", 20, 40)).collect();
     same_as_alone(&model, &reqs, &done);
     for r in &reqs {
         let mine: Vec<Option<usize>> = events.iter().filter(|e| e.0 == r.id).map(|e| e.1).collect();
@@ -238,7 +242,7 @@ fn a_request_that_cannot_fit_alone_fails_and_the_others_go_on() {
         "{failed:?}"
     );
     assert!(
-        failed[&4].contains("exceed the model's context"),
+        failed[&4].contains("exceeds the model's context"),
         "{failed:?}"
     );
     assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![1]);

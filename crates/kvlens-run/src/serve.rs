@@ -36,7 +36,7 @@ pub struct ServeOptions {
 
 /// A request for the scheduler's thread, with where its events go.
 struct Job {
-    req: sched::Request,
+    req: sched::Request<'static>,
     events: mpsc::Sender<Event>,
 }
 
@@ -427,8 +427,7 @@ fn complete(
         req: sched::Request {
             id: state.ids.fetch_add(1, Ordering::SeqCst) as u64,
             prompt: ask.ids.clone(),
-            spec: state.method.clone(),
-            dtype: state.dtype,
+            cache: sched::CacheSource::New(state.method.clone(), state.dtype),
             opts: ask.opts.clone(),
         },
         events,
