@@ -66,6 +66,15 @@ pub struct RunArgs {
     /// (default 4).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Local requests decoding together: N samples at a time, every method of each, through
+    /// the scheduler (default 1: each alone, so that its times are its own). Outputs are the
+    /// same either way.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// The scheduler's KV budget with --batch (`512MiB`, bytes; default a quarter of the
+    /// machine's memory).
+    #[arg(long)]
+    kv_budget: Option<String>,
     /// Run again the samples whose records hold an error.
     #[arg(long)]
     retry_errors: bool,
@@ -114,6 +123,12 @@ impl RunArgs {
         }
         if let Some(n) = self.concurrency {
             c.concurrency = n.max(1);
+        }
+        if let Some(n) = self.batch {
+            c.batch = n;
+        }
+        if self.kv_budget.is_some() {
+            c.kv_budget = self.kv_budget.clone();
         }
         if self.out.is_some() {
             c.out = self.out.clone();

@@ -313,6 +313,15 @@ fn a_shared_prefill_gives_each_method_what_its_own_prefill_gives() {
     };
     let shared = run(&tmp.path().join("shared"), &[]);
     let own = run(&tmp.path().join("own"), &["--no-share-prefill"]);
+    // Four samples at a time, all their methods together through the scheduler: the same
+    // records but for times (and the batch they ran in).
+    let batched_dir = tmp.path().join("batched");
+    let batched = run(&batched_dir, &["--batch", "4", "--kv-budget", "2GiB"]);
+    assert_eq!(batched, shared);
+    let one = std::fs::read_to_string(batched_dir.join("doc_qa/full.jsonl")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(one.lines().next().unwrap()).unwrap();
+    assert_eq!(v["batch"], 4);
+    assert_eq!(v["preemptions"], 0);
     assert_eq!(shared.len(), 2 * 2 * 5);
     for (k, s) in &shared {
         let o = &own[k];

@@ -66,6 +66,18 @@ pub struct RunConfig {
     /// after the prompt (each forks the cache and pays its own compression).
     #[serde(default = "yes")]
     pub share_prefill: bool,
+    /// Local requests decoding together (samples × methods through the scheduler); 1 runs
+    /// each alone, so that its times are its own. Outputs are the same either way.
+    #[serde(default = "one_batch")]
+    pub batch: usize,
+    /// The scheduler's KV budget with `batch` > 1 (`512MiB`, bytes; default a quarter of
+    /// the machine's memory).
+    #[serde(default)]
+    pub kv_budget: Option<String>,
+}
+
+fn one_batch() -> usize {
+    1
 }
 
 fn yes() -> bool {
@@ -129,6 +141,8 @@ impl Default for RunConfig {
             pass_threshold: None,
             retry_errors: false,
             share_prefill: true,
+            batch: 1,
+            kv_budget: None,
         }
     }
 }

@@ -44,6 +44,15 @@ pub struct Record {
     /// the time that prefill took.
     #[serde(default)]
     pub prefill_shared: bool,
+    /// The run's `--batch`: how many requests could decode together.
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// Time waiting for the scheduler to admit it (0 when run alone).
+    #[serde(default)]
+    pub queue_ms: f64,
+    /// Times the scheduler preempted it (and recomputed it from its prompt).
+    #[serde(default)]
+    pub preemptions: usize,
 
     // Memory.
     pub kv_bytes_peak: u64,
@@ -139,4 +148,8 @@ impl Record {
         self.pass = Some(rule.passes(s));
         self.pass_rule = Some(rule.describe());
     }
+}
+
+fn one() -> usize {
+    1
 }

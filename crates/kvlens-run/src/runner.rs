@@ -7,6 +7,9 @@ use crate::record::{Key, Record, Served};
 use crate::remote::{self, Client, Remote};
 use crate::store::RecordFile;
 use kvlens_engine::generate::MIN_LAST_CHUNK;
+use kvlens_engine::sched::{
+    CacheSource, Event, Finished, Limits, Request as SchedRequest, Scheduler,
+};
 use kvlens_engine::{
     decode, generate, prefill, EngineError, FinishReason, GenOptions, Generation, Model, Prefilled,
     Sampling,
@@ -431,6 +434,22 @@ pub fn execute(
         .enumerate()
         .map(|(j, s)| cfg.share_prefill && Some(j) != full && full.is_some() && shareable(s))
         .collect();
+    if cfg.batch == 0 {
+        return Err(RunError::Invalid(
+            "--batch (batch) must be at least 1".into(),
+        ));
+    }
+    let limits = Limits {
+        kv_budget: match &cfg.kv_budget {
+            None => kvlens_engine::sched::default_kv_budget(),
+            Some(b) => b
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| RunError::Invalid(format!("kv_budget `{b}`: {e} (e.g. 512MiB)")))?
+                .as_u64() as usize,
+        },
+        max_batch: cfg.batch.max(1),
+        prefill_chunk: 512,
+    };
     let mut caches: Vec<KvCache> = plan
         .methods
         .iter()
@@ -504,6 +523,9 @@ pub fn execute(
                 decode_ms_p90: 0.0,
                 decode_ms_max: 0.0,
                 prefill_shared: false,
+                batch: cfg.batch.max(1),
+                queue_ms: 0.0,
+                preemptions: 0,
                 kv_bytes_peak: 0,
                 kv_bytes_end: 0,
                 kv_bytes_full: 0,
@@ -620,7 +642,182 @@ pub fn execute(
             outcome.engine_ms += t.elapsed().as_secs_f64() * 1e3;
         }
 
+        // With --batch N: N samples at a time, all their local requests through the
+        // scheduler together (the shared prefills first, each method's decoding then batched).
+        let opts_of = |i: usize| GenOptions {
+            max_new_tokens: max_new,
+            sampling: Sampling {
+                temperature: cfg.temperature,
+                top_k: cfg.top_k,
+                top_p: cfg.top_p,
+                seed: seed_of(i),
+            },
+            stop: spec_t.stop.clone(),
+            ..GenOptions::default()
+        };
+        let groups: Vec<&[usize]> = if cfg.batch > 1 && n_local > 0 {
+            pt.selected.chunks(cfg.batch).collect()
+        } else {
+            Vec::new()
+        };
+        for group in groups {
+            let mut jobs: Vec<LocalJob> = Vec::new();
+            let mut prompts = std::collections::HashMap::new();
+            for &i in group {
+                let pending: Vec<usize> = (0..n_local)
+                    .filter(|&j| !row[j].is_done(&key(pt, i, &names[j])))
+                    .collect();
+                if pending.is_empty() {
+                    continue;
+                }
+                let (p, ids) = match prepare(i) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        for &j in &pending {
+                            let mut r = blank(i, j);
+                            r.error = Some(format!("preparing the prompt: {e}"));
+                            finish(row, obs, j, r, &mut outcome)?;
+                        }
+                        continue;
+                    }
+                };
+                let opts = opts_of(i);
+                let forks: Vec<usize> = pending.iter().copied().filter(|&j| share[j]).collect();
+                if let (Some(full), false) = (full, forks.is_empty()) {
+                    let needs = forks
+                        .iter()
+                        .map(|&j| caches[j].needs())
+                        .fold(Needs::default(), Needs::union);
+                    let mut base = model.new_cache(&plan.methods[full], dtype);
+                    base.record(needs);
+                    match engine(&mut outcome, || prefill(model, &mut base, &ids, &opts)) {
+                        Err(e) => {
+                            let with_full = pending.contains(&full).then_some(full);
+                            for j in forks.iter().copied().chain(with_full) {
+                                let mut r = blank(i, j);
+                                r.prefill_shared = true;
+                                fill_local(
+                                    &mut r,
+                                    &p,
+                                    &ids,
+                                    Err(EngineError::Invalid(e.to_string())),
+                                );
+                                finish(row, obs, j, r, &mut outcome)?;
+                            }
+                        }
+                        Ok(pre) => {
+                            for &j in &forks {
+                                match base.fork(plan.methods[j].build(), max_new) {
+                                    Some(forked) => {
+                                        let own = Prefilled {
+                                            logits: pre.logits.clone(),
+                                            prefill_ms: pre.prefill_ms + forked.compress_ms,
+                                        };
+                                        jobs.push(LocalJob {
+                                            i,
+                                            j,
+                                            shared: true,
+                                            cache: Some((forked.cache, own)),
+                                        });
+                                    }
+                                    None => {
+                                        let mut r = blank(i, j);
+                                        r.prefill_shared = true;
+                                        r.error = Some(format!(
+                                            "generating: {} cannot be forked from the shared prefill",
+                                            plan.methods[j].canonical()
+                                        ));
+                                        finish(row, obs, j, r, &mut outcome)?;
+                                    }
+                                }
+                            }
+                            if pending.contains(&full) {
+                                base.record(Needs::default());
+                                jobs.push(LocalJob {
+                                    i,
+                                    j: full,
+                                    shared: true,
+                                    cache: Some((base, pre)),
+                                });
+                            }
+                        }
+                    }
+                }
+                for &j in pending.iter().filter(|&&j| !share[j]) {
+                    if Some(j) == full && !forks.is_empty() {
+                        continue;
+                    }
+                    jobs.push(LocalJob {
+                        i,
+                        j,
+                        shared: false,
+                        cache: None,
+                    });
+                }
+                prompts.insert(i, (p, ids));
+            }
+            // The lent caches live here, outside the scheduler that borrows them.
+            let mut lent: Vec<(KvCache, Prefilled)> = Vec::new();
+            let mut sources = Vec::with_capacity(jobs.len());
+            for job in &mut jobs {
+                sources.push(job.cache.is_some());
+                if let Some(c) = job.cache.take() {
+                    lent.push(c);
+                }
+            }
+            let mut done: Vec<(u64, std::result::Result<Box<Finished>, EngineError>)> = Vec::new();
+            let ran = engine(&mut outcome, || {
+                let mut sched = Scheduler::new(model, limits)?;
+                let mut lent_iter = lent.iter_mut();
+                for (id, (job, &has)) in jobs.iter().zip(&sources).enumerate() {
+                    let cache = if has {
+                        let (c, pre) = lent_iter
+                            .next()
+                            .expect("one lent cache per job that has one");
+                        CacheSource::Lent(c, Some(pre.clone()))
+                    } else {
+                        CacheSource::New(plan.methods[job.j].clone(), dtype)
+                    };
+                    sched.submit(SchedRequest {
+                        id: id as u64,
+                        prompt: prompts[&job.i].1.clone(),
+                        cache,
+                        opts: opts_of(job.i),
+                    });
+                }
+                sched.run(&mut |e| {
+                    if let Event::Done { id, result } = e {
+                        done.push((id, result));
+                    }
+                });
+                Ok(())
+            });
+            if let Err(e) = ran {
+                for id in 0..jobs.len() as u64 {
+                    if !done.iter().any(|d| d.0 == id) {
+                        done.push((id, Err(EngineError::Invalid(e.to_string()))));
+                    }
+                }
+            }
+            for (id, result) in done {
+                let job = &jobs[id as usize];
+                let (p, ids) = &prompts[&job.i];
+                let mut r = blank(job.i, job.j);
+                r.prefill_shared = job.shared;
+                let g = result.map(|f| {
+                    r.queue_ms = f.queue_ms;
+                    r.preemptions = f.preemptions;
+                    f.generation
+                });
+                fill_local(&mut r, p, ids, g);
+                finish(row, obs, job.j, r, &mut outcome)?;
+            }
+        }
+
         for &i in &pt.selected {
+            if cfg.batch > 1 {
+                break;
+            }
             let pending: Vec<usize> = (0..n_local)
                 .filter(|&j| !row[j].is_done(&key(pt, i, &names[j])))
                 .collect();
@@ -638,47 +835,9 @@ pub fn execute(
                     continue;
                 }
             };
-            let opts = GenOptions {
-                max_new_tokens: max_new,
-                sampling: Sampling {
-                    temperature: cfg.temperature,
-                    top_k: cfg.top_k,
-                    top_p: cfg.top_p,
-                    seed: seed_of(i),
-                },
-                stop: spec_t.stop.clone(),
-                ..GenOptions::default()
-            };
+            let opts = opts_of(i);
             let fill = |r: &mut Record, g: std::result::Result<Generation, EngineError>| {
-                r.prompt_hash = prompt_hash(&p.text);
-                r.prompt_tokens = ids.len();
-                r.truncated = p.truncated;
-                match g {
-                    Ok(g) => {
-                        r.output_text = g.text;
-                        r.output_tokens = g.output_tokens;
-                        r.finish_reason = Some(
-                            match g.finish_reason {
-                                FinishReason::Eos => "eos",
-                                FinishReason::Stop => "stop",
-                                FinishReason::Length => "length",
-                            }
-                            .into(),
-                        );
-                        r.prefill_ms = g.prefill_ms;
-                        r.ttft_ms = g.ttft_ms;
-                        r.decode_ms = g.decode_ms;
-                        r.e2e_ms = g.e2e_ms;
-                        r.decode_ms_p50 = g.decode_ms_p50;
-                        r.decode_ms_p90 = g.decode_ms_p90;
-                        r.decode_ms_max = g.decode_ms_max;
-                        r.kv_bytes_peak = g.kv_bytes_peak as u64;
-                        r.kv_bytes_end = g.kv_bytes_end as u64;
-                        r.kv_bytes_full = g.kv_bytes_full as u64;
-                        r.kv_tokens_kept = g.kv_tokens_kept;
-                    }
-                    Err(e) => r.error = Some(format!("generating: {e}")),
-                }
+                fill_local(r, &p, &ids, g)
             };
 
             // The shared prefill: the baseline's cache records what the forks need. Only
@@ -743,6 +902,53 @@ pub fn execute(
     }
     outcome.loop_ms = loop_start.elapsed().as_secs_f64() * 1e3;
     Ok(outcome)
+}
+
+/// A local generation's outcome in its record.
+fn fill_local(
+    r: &mut Record,
+    p: &Prompt,
+    ids: &[u32],
+    g: std::result::Result<Generation, EngineError>,
+) {
+    r.prompt_hash = prompt_hash(&p.text);
+    r.prompt_tokens = ids.len();
+    r.truncated = p.truncated;
+    match g {
+        Ok(g) => {
+            r.output_text = g.text;
+            r.output_tokens = g.output_tokens;
+            r.finish_reason = Some(
+                match g.finish_reason {
+                    FinishReason::Eos => "eos",
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                }
+                .into(),
+            );
+            r.prefill_ms = g.prefill_ms;
+            r.ttft_ms = g.ttft_ms;
+            r.decode_ms = g.decode_ms;
+            r.e2e_ms = g.e2e_ms;
+            r.decode_ms_p50 = g.decode_ms_p50;
+            r.decode_ms_p90 = g.decode_ms_p90;
+            r.decode_ms_max = g.decode_ms_max;
+            r.kv_bytes_peak = g.kv_bytes_peak as u64;
+            r.kv_bytes_end = g.kv_bytes_end as u64;
+            r.kv_bytes_full = g.kv_bytes_full as u64;
+            r.kv_tokens_kept = g.kv_tokens_kept;
+        }
+        Err(e) => r.error = Some(format!("generating: {e}")),
+    }
+}
+
+/// One local request of a batched group: sample, method, whether it forks the shared
+/// prefill, and the cache it brings (`None`: the scheduler makes one).
+struct LocalJob {
+    i: usize,
+    j: usize,
+    shared: bool,
+    cache: Option<(KvCache, Prefilled)>,
 }
 
 /// One request for a method served elsewhere.
