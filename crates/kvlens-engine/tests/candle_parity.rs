@@ -165,7 +165,18 @@ fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
 
 /// The default model with every tensor dequantized to f32, as a GGUF file in `dir`.
 fn f32_copy(dir: &std::path::Path) -> std::path::PathBuf {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::quantized::GgmlDType;
+    copy_of_default(dir, "smollm2-135m-f32.gguf", &|_| Some(GgmlDType::F32))
+}
+
+/// A copy of the default model as `dir/name`, each tensor requantized (from its dequantized
+/// values) to the format `format` gives its name, or kept as it is for `None`.
+fn copy_of_default(
+    dir: &std::path::Path,
+    name: &str,
+    format: &dyn Fn(&str) -> Option<candle_core::quantized::GgmlDType>,
+) -> std::path::PathBuf {
+    use candle_core::quantized::{gguf_file, QTensor};
     let src = default_model_path();
     let mut f = std::fs::File::open(&src).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
@@ -175,8 +186,13 @@ fn f32_copy(dir: &std::path::Path) -> std::path::PathBuf {
         .iter()
         .map(|&name| {
             let q = content.tensor(&mut f, name, &Device::Cpu).unwrap();
-            let t = q.dequantize(&Device::Cpu).unwrap();
-            (name.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+            let q = match format(name) {
+                Some(dtype) => {
+                    QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
+                }
+                None => q,
+            };
+            (name.clone(), q)
         })
         .collect();
     let mut meta: Vec<(&str, &gguf_file::Value)> = content
@@ -186,7 +202,7 @@ fn f32_copy(dir: &std::path::Path) -> std::path::PathBuf {
         .collect();
     meta.sort_by_key(|m| m.0);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let path = dir.join("smollm2-135m-f32.gguf");
+    let path = dir.join(name);
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     gguf_file::write(&mut out, &meta, &refs).unwrap();
     std::io::Write::flush(&mut out).unwrap();
@@ -214,43 +230,18 @@ fn logits_equal_candle_within_1e_3_on_an_f32_copy_with_f32_cache() {
 }
 
 /// A copy of the default model in `dir` with the matrices whose names end with one of
-/// `changes`' suffixes requantized to that format (from their dequantized values), the rest
-/// as they are: the kind of file llama.cpp's quantizer writes when it mixes formats.
+/// `changes`' suffixes requantized to that format, the rest as they are: the kind of file
+/// llama.cpp's quantizer writes when it mixes formats.
 fn mixed_copy(
     dir: &std::path::Path,
     changes: &[(&str, candle_core::quantized::GgmlDType)],
 ) -> std::path::PathBuf {
-    use candle_core::quantized::{gguf_file, QTensor};
-    let src = default_model_path();
-    let mut f = std::fs::File::open(&src).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .iter()
-        .map(|&name| {
-            let q = content.tensor(&mut f, name, &Device::Cpu).unwrap();
-            let q = match changes.iter().find(|(suffix, _)| name.ends_with(suffix)) {
-                Some(&(_, dtype)) => {
-                    QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
-                }
-                None => q,
-            };
-            (name.clone(), q)
-        })
-        .collect();
-    let mut meta: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    meta.sort_by_key(|m| m.0);
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let path = dir.join("smollm2-135m-mixed.gguf");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    gguf_file::write(&mut out, &meta, &refs).unwrap();
-    std::io::Write::flush(&mut out).unwrap();
-    path
+    copy_of_default(dir, "smollm2-135m-mixed.gguf", &|name| {
+        changes
+            .iter()
+            .find(|(suffix, _)| name.ends_with(suffix))
+            .map(|&(_, dtype)| dtype)
+    })
 }
 
 /// The file of the bug report that started kvlens's per-matrix activations: the default

@@ -415,10 +415,7 @@ impl KvCache {
         if needs.accumulate || window > 0 {
             for (g, stats) in self.stats[layer].iter_mut().enumerate() {
                 let len = self.heads[layer][g].len();
-                stats.accumulated.resize(len, 0.0);
-                stats.window_len = window;
-                stats.window.clear();
-                stats.window.resize(window * len, 0.0);
+                stats.prepare(len, window);
                 for pass in passes.iter().filter(|p| p.h / group == g) {
                     if let Some(acc) = &pass.acc {
                         for (a, x) in stats.accumulated.iter_mut().zip(acc) {
@@ -459,11 +456,7 @@ impl KvCache {
         let window = needs.window.min(positions.len());
         if needs.accumulate || window > 0 {
             for (g, stats) in self.stats[layer].iter_mut().enumerate() {
-                let len = self.heads[layer][g].len();
-                stats.accumulated.resize(len, 0.0);
-                stats.window_len = window;
-                stats.window.clear();
-                stats.window.resize(window * len, 0.0);
+                stats.prepare(self.heads[layer][g].len(), window);
             }
         }
         self.compress_layer(layer);

@@ -37,6 +37,15 @@ pub struct HeadStats {
 }
 
 impl HeadStats {
+    /// Sized for a head of `rows` rows and a window of `window` queries: the accumulated sums
+    /// kept (new rows at 0), the window zeroed.
+    pub fn prepare(&mut self, rows: usize, window: usize) {
+        self.accumulated.resize(rows, 0.0);
+        self.window_len = window;
+        self.window.clear();
+        self.window.resize(window * rows, 0.0);
+    }
+
     /// Probabilities of query `w` of the window over every row.
     pub fn window_row(&self, w: usize, len: usize) -> &[f32] {
         &self.window[w * len..(w + 1) * len]
