@@ -136,31 +136,45 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn next_tokens_equal_candle_along_its_greedy_path_with_f32_cache() {
-    let (mut clear, mut agree, mut steps, mut worst, mut sum_diff) = (0, 0, 0, 0f32, 0f64);
-    along_candles_path(
-        default_model(),
-        &default_model_path(),
-        |case, step, ours, theirs| {
-            let diff = max_abs_diff(ours, theirs);
-            worst = worst.max(diff);
-            sum_diff += diff as f64;
-            steps += 1;
-            if margin(theirs) >= 1.0 {
-                clear += 1;
-                assert_eq!(
-                    argmax(ours),
-                    argmax(theirs),
-                    "step {step} of {:?}",
-                    case["prompt"]
-                );
-                agree += 1;
-            }
-        },
-    );
+    let f = follow_candle(default_model(), &default_model_path());
     eprintln!(
-        "against candle: {agree}/{clear} clear steps agree; max |Δlogit| {worst}, mean of per-step max {}",
-        sum_diff / steps as f64
+        "against candle: {0}/{0} clear steps agree; max |Δlogit| {1}, mean of per-step max {2}",
+        f.clear, f.worst, f.mean_step_max
     );
+}
+
+/// How `model` went along candle's greedy path on the GGUF at `path`.
+struct Followed {
+    /// Steps where candle's top two logits are at least 1 apart (all asserted equal).
+    clear: usize,
+    worst: f32,
+    mean_step_max: f64,
+}
+
+/// Walks candle's greedy path ([`along_candles_path`]), asserting the same next token
+/// wherever candle's choice is clear.
+fn follow_candle(model: &kvlens_engine::Model, path: &std::path::Path) -> Followed {
+    let (mut clear, mut steps, mut worst, mut sum_diff) = (0, 0, 0f32, 0f64);
+    along_candles_path(model, path, |case, step, ours, theirs| {
+        let diff = max_abs_diff(ours, theirs);
+        worst = worst.max(diff);
+        sum_diff += diff as f64;
+        steps += 1;
+        if margin(theirs) >= 1.0 {
+            clear += 1;
+            assert_eq!(
+                argmax(ours),
+                argmax(theirs),
+                "step {step} of {:?}",
+                case["prompt"]
+            );
+        }
+    });
+    Followed {
+        clear,
+        worst,
+        mean_step_max: sum_diff / steps.max(1) as f64,
+    }
 }
 
 /// The default model with every tensor dequantized to f32, as a GGUF file in `dir`.
@@ -264,19 +278,7 @@ fn a_mixed_format_copy_of_the_default_model_follows_candle_and_answers_in_words(
         model.transformer.weight_kernels(),
         "all on kvlens's kernels"
     );
-    let (mut clear, mut worst) = (0, 0f32);
-    along_candles_path(&model, &path, |case, step, ours, theirs| {
-        worst = worst.max(max_abs_diff(ours, theirs));
-        if margin(theirs) >= 1.0 {
-            clear += 1;
-            assert_eq!(
-                argmax(ours),
-                argmax(theirs),
-                "step {step} of {:?}",
-                case["prompt"]
-            );
-        }
-    });
+    let Followed { clear, worst, .. } = follow_candle(&model, &path);
     assert!(clear >= 20, "only {clear} clear steps");
     let case = &golden()["greedy"][0];
     let prompt = ids(&case["prompt_ids"]);

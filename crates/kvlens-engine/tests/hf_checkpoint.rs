@@ -2,9 +2,12 @@
 //! Llama written by the test loads from a folder and from a Hugging Face cache
 //! (`hf:ORG/NAME`, offline), and its logits equal candle-transformers' Llama.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama as reference;
+use common::tiny::Lcg;
 use kvlens_engine::{LoadOptions, Logits, Model};
 use kvlens_press::{KvDtype, Spec, Step};
 use std::path::Path;
@@ -15,17 +18,6 @@ const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const LAYERS: usize = 2;
 const VOCAB: usize = 40;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4
-    }
-}
 
 fn write_tiny_llama(dir: &Path) {
     let mut rng = Lcg(42);
