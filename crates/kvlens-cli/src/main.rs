@@ -51,8 +51,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// One sample under every method, side by side.
     Inspect(analyze::InspectArgs),
-    /// Serve the engine with one compression method behind the OpenAI API
-    /// (/v1/chat/completions and /v1/completions, streaming included).
+    /// Serve the engine behind the OpenAI API (/v1/chat/completions and /v1/completions,
+    /// streaming included), one or several compression methods over the same weights.
     Serve(ServeArgs),
     /// Turn results made elsewhere into kvlens records.
     Import {
@@ -156,9 +156,12 @@ struct GenerateArgs {
 struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The compression method every request gets, e.g. `snapkv:budget=256`.
-    #[arg(long, default_value = "full")]
-    method: String,
+    /// The compression method requests get, e.g. `snapkv:budget=256`. Repeat it to serve
+    /// several methods over the same weights: requests then choose one by model id
+    /// `NAME/METHOD` (e.g. `default/snapkv`, or the method's full spec), the plain NAME
+    /// meaning the first; `GET /v1/models` lists them all.
+    #[arg(long = "method", default_value = "full")]
+    methods: Vec<String>,
     /// Address to listen on; 0.0.0.0 to accept other machines.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -172,8 +175,15 @@ struct ServeArgs {
     #[arg(long)]
     api_key_env: Option<String>,
     /// Connections held at once; more are answered 503.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// Seconds a connection may take to send a request's headers (the first, or the next
+    /// on a kept-alive connection) before it is closed, so idle clients free their slot.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// On SIGTERM or Ctrl-C, seconds the requests in flight may take to finish.
+    #[arg(long, default_value_t = 300.0)]
+    drain_timeout: f64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -227,7 +237,28 @@ pub fn parse_bytes(flag: &str, text: &str) -> Result<usize> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let method = Spec::parse(&a.method).with_context(|| format!("--method {}", a.method))?;
+    let mut methods = Vec::new();
+    for m in &a.methods {
+        let spec = Spec::parse(m).with_context(|| format!("--method {m}"))?;
+        if methods
+            .iter()
+            .any(|s: &Spec| s.canonical() == spec.canonical())
+        {
+            bail!("--method {m} is given twice");
+        }
+        methods.push(spec);
+    }
+    for (flag, v) in [
+        ("--header-timeout", a.header_timeout),
+        ("--drain-timeout", a.drain_timeout),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{flag} must be a positive number of seconds, not {v}");
+        }
+    }
+    if a.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let api_key = match &a.api_key_env {
         None => None,
         Some(v) => Some(
@@ -239,28 +270,34 @@ fn serve(a: ServeArgs) -> Result<()> {
                 })?,
         ),
     };
+    let limits = a.limits.limits()?;
     let model = a.model.load()?;
-    let server = kvlens_run::serve::Server::bind(
+    let server = kvlens_serve::Server::bind(
         model,
-        kvlens_run::serve::ServeOptions {
+        kvlens_serve::ServeOptions {
             addr: format!("{}:{}", a.host, a.port),
-            method: method.clone(),
+            methods,
             kv_dtype: a.model.dtype(),
             served_name: a.served_model_name.clone(),
             api_key,
             max_connections: a.max_connections,
-            limits: a.limits.limits()?,
+            header_timeout: std::time::Duration::from_secs_f64(a.header_timeout),
+            drain_timeout: std::time::Duration::from_secs_f64(a.drain_timeout),
+            limits,
         },
     )
     .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
     let addr = server.local_addr()?;
-    eprintln!(
-        "kvlens: serving {} with {} at http://{addr}/v1 (Ctrl-C stops)",
-        a.served_model_name.as_deref().unwrap_or(&a.model.model),
-        method.canonical()
-    );
+    for s in server.served() {
+        eprintln!(
+            "kvlens: serving {} as model `{}` at http://{addr}/v1",
+            s.spec.canonical(),
+            s.id
+        );
+    }
+    eprintln!("kvlens: SIGTERM or Ctrl-C stops after the requests in flight");
     println!("http://{addr}/v1");
-    server.run();
+    server.run()?;
     Ok(())
 }
 

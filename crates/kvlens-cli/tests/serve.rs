@@ -3,7 +3,6 @@
 //! (down, slow, error statuses, malformed JSON, cut streams), which must give clear error
 //! records while the run goes on and keeps what it wrote.
 
-use kvlens_run::http;
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
+use common::rawhttp as http;
 use common::{cmd, ok};
 
 /// A `kvlens serve` child process, killed when dropped.
@@ -517,4 +517,200 @@ fn concurrent_streaming_clients_decode_together() {
     for e in &ends {
         assert_eq!(e["preemptions"], 0);
     }
+}
+
+fn addr_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string()
+}
+
+/// One request over a fresh socket (`Connection: close`): the status and the body.
+fn raw(url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let addr = addr_of(url);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.unwrap_or("");
+    // A server that refuses the connection may close it before the request is all written.
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn one_server_serves_several_methods_by_model_id() {
+    let server = serve("full", &["--method", "streamingllm:budget=16"]);
+    let (status, body) = raw(&server.url, "GET", "/v1/models", None);
+    assert_eq!(status, 200, "{body}");
+    let list = json_of(&body);
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["default/full", "default/streamingllm"]);
+    let ask = |model: &str| {
+        let body = serde_json::json!({"model": model, "prompt": "The capital of France is",
+                                      "max_tokens": 4, "temperature": 0})
+        .to_string();
+        raw(&server.url, "POST", "/v1/completions", Some(&body))
+    };
+    for (model, method) in [
+        ("default", "full"),
+        ("default/full", "full"),
+        ("default/streamingllm", "streamingllm"),
+        ("default/streamingllm:budget=16", "streamingllm"),
+    ] {
+        let (status, body) = ask(model);
+        assert_eq!(status, 200, "{model}: {body}");
+        let v = json_of(&body);
+        assert_eq!(v["model"], ids[(method != "full") as usize], "{body}");
+        let served = v["kvlens"]["method"].as_str().unwrap();
+        assert!(served.starts_with(method), "{model} ran {served}");
+    }
+    let (status, body) = ask("default/snapkv");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("default/full, default/streamingllm"),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_http_stack_keeps_alive_reads_chunked_bodies_and_closes_idle_clients() {
+    let server = serve(
+        "full",
+        &["--max-connections", "3", "--header-timeout", "0.5"],
+    );
+    let addr = addr_of(&server.url);
+    // Keep-alive: two requests on one connection.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for _ in 0..2 {
+        write!(s, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+        assert_eq!(body, b"{\"status\":\"ok\"}");
+    }
+    drop(reader);
+    drop(s);
+    // A chunked request body.
+    let body = r#"{"prompt": "Hello", "max_tokens": 2, "temperature": 0}"#;
+    let (a, b) = body.split_at(10);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"completion_tokens\":2"), "{text}");
+    // Idle clients hold every connection slot; the server closes them at the header
+    // timeout, and then answers again.
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _) = raw(&server.url, "GET", "/health", None);
+    assert_eq!(status, 503, "a fourth connection past --max-connections 3");
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        // The server ends the connection (with a 408 or without a word).
+        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    }
+    let mut status = 0;
+    for _ in 0..50 {
+        status = raw(&server.url, "GET", "/health", None).0;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status, 200,
+        "the slots of closed idle connections are free again"
+    );
+}
+
+#[test]
+fn a_prompt_beyond_the_budget_is_a_400_and_sigterm_lets_streams_finish() {
+    // About 90 tokens of full cache: the short prompt below fits, the long one does not.
+    let server = serve("full", &["--kv-budget", "2MiB"]);
+    let long = "word ".repeat(200);
+    for stream in [false, true] {
+        let body =
+            serde_json::json!({"prompt": long, "max_tokens": 4, "stream": stream}).to_string();
+        let (status, body) = raw(&server.url, "POST", "/v1/completions", Some(&body));
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("KV budget"), "{body}");
+    }
+    // SIGTERM while a stream is going: it still ends with [DONE], then the process exits 0.
+    let addr = addr_of(&server.url);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
+                   "stream": true, "ignore_eos": true}"#;
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let first = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("data: "))
+        .expect("a first event");
+    assert!(first.contains("choices"), "{first}");
+    let mut server = server;
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(
+        rest.iter().any(|l| l == "data: [DONE]"),
+        "the stream in flight finished: {rest:?}"
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -43,6 +43,9 @@ pub struct GenOptions {
     /// Keeps this many of the largest logits before each generated token
     /// ([`Generation::top_logits`]); 0 keeps none.
     pub top_logits: usize,
+    /// Generates past the end-of-sequence tokens, to exactly `max_new_tokens` unless a stop
+    /// string ends it (vLLM's `ignore_eos`, which load generators use for fixed lengths).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenOptions {
@@ -54,6 +57,7 @@ impl Default for GenOptions {
             prefill_chunk: 512,
             min_last_chunk: MIN_LAST_CHUNK,
             top_logits: 0,
+            ignore_eos: false,
         }
     }
 }
@@ -326,7 +330,7 @@ impl Decoder {
         } else {
             self.step_ms.push(ms(self.t_prev));
         }
-        if model.tokenizer.eos.contains(&next) {
+        if !opts.ignore_eos && model.tokenizer.eos.contains(&next) {
             self.finish = FinishReason::Eos;
             return Ok(None);
         }

@@ -3,12 +3,10 @@
 
 pub mod config;
 pub mod error;
-pub mod http;
 pub mod merge;
 pub mod record;
 pub mod remote;
 pub mod runner;
-pub mod serve;
 pub mod store;
 
 pub use config::RunConfig;

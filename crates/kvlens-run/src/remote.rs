@@ -1,8 +1,11 @@
 //! The `openai` backend: a method whose samples are sent to an OpenAI-compatible server
 //! (vLLM, SGLang, LMDeploy, llama.cpp's server, `kvlens serve`) and timed from its stream.
 
+use kvlens_wire::{
+    ChatMessage, Completion, CompletionRequest, Content, Prompt, Stats, Stop, StreamOptions,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
@@ -80,6 +83,31 @@ impl Remote {
         if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
             return Err(format!("method `{name}`: timeout_s must be positive"));
         }
+        const SET_HERE: [&str; 13] = [
+            "model",
+            "messages",
+            "prompt",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "seed",
+            "stop",
+            "n",
+            "stream",
+            "stream_options",
+        ];
+        if let Some(k) = self
+            .extra_body
+            .keys()
+            .find(|k| SET_HERE.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "method `{name}`: extra_body.{k} is a field kvlens sets from the task and the \
+                 run's settings; set it there instead"
+            ));
+        }
         if self.concurrency == Some(0) {
             return Err(format!("method `{name}`: concurrency must be at least 1"));
         }
@@ -148,7 +176,7 @@ pub struct Reply {
     /// `timings.prompt_ms`).
     pub server_prefill_ms: Option<f64>,
     /// `kvlens serve`'s own measurements (cache bytes, method).
-    pub kvlens: Option<Map<String, Value>>,
+    pub kvlens: Option<Stats>,
     pub attempts: u32,
 }
 
@@ -186,46 +214,38 @@ impl Client {
     }
 
     /// The request body (without the key, which travels in a header).
-    pub fn body(&self, req: &Request, rendered: Option<&str>) -> Value {
-        let ep = self.endpoint(req.chat);
-        let mut body = json!({
-            "model": self.remote.model,
-            "max_tokens": req.max_tokens,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "seed": req.seed,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        let o = body.as_object_mut().expect("a JSON object");
-        if req.top_k > 0 {
-            o.insert("top_k".into(), json!(req.top_k));
+    pub fn body(&self, req: &Request, rendered: Option<&str>) -> CompletionRequest {
+        let chat = self.endpoint(req.chat) == Endpoint::Chat;
+        CompletionRequest {
+            model: self.remote.model.clone(),
+            messages: chat.then(|| {
+                vec![ChatMessage {
+                    role: "user".into(),
+                    content: Content::Text(req.prompt.clone()),
+                }]
+            }),
+            prompt: (!chat).then(|| Prompt::Text(rendered.unwrap_or(&req.prompt).to_string())),
+            max_tokens: Some(req.max_tokens as u64),
+            temperature: Some(req.temperature as f64),
+            top_p: Some(req.top_p as f64),
+            top_k: (req.top_k > 0).then_some(req.top_k as i64),
+            seed: Some(req.seed),
+            stop: (!req.stop.is_empty()).then(|| Stop::Many(req.stop.clone())),
+            stream: Some(true),
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
+            extra: self.remote.extra_body.clone(),
+            ..CompletionRequest::default()
         }
-        if !req.stop.is_empty() {
-            o.insert("stop".into(), json!(req.stop));
-        }
-        match ep {
-            Endpoint::Chat => {
-                o.insert(
-                    "messages".into(),
-                    json!([{"role": "user", "content": req.prompt}]),
-                );
-            }
-            _ => {
-                o.insert("prompt".into(), json!(rendered.unwrap_or(&req.prompt)));
-            }
-        }
-        for (k, v) in &self.remote.extra_body {
-            o.insert(k.clone(), v.clone());
-        }
-        body
     }
 
     /// Sends `req`, retrying what may pass on a second try; the error of the last attempt
     /// otherwise. `rendered` is the chat prompt rendered here, for a chat task sent to
     /// `/completions`.
     pub fn complete(&self, req: &Request, rendered: Option<&str>) -> Result<Reply, String> {
-        let body = self.body(req, rendered).to_string();
+        let body = serde_json::to_string(&self.body(req, rendered))
+            .map_err(|e| format!("writing the request: {e}"))?;
         let mut wait = Duration::from_millis(self.remote.backoff_ms);
         let mut attempt = 0;
         loop {
@@ -328,10 +348,10 @@ impl Client {
             reader
                 .read_to_string(&mut text)
                 .map_err(|e| fail(format!("{url}: reading the response: {e}"), true))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| {
+            let v: Completion = serde_json::from_str(&text).map_err(|e| {
                 fail(
                     format!(
-                        "{url}: the response is not valid JSON ({e}): {}",
+                        "{url}: the response is not a valid completion ({e}): {}",
                         clip(&text)
                     ),
                     false,
@@ -364,30 +384,16 @@ struct Stream {
 }
 
 impl Stream {
-    fn event(&mut self, v: &Value, start: Instant, url: &str) -> Result<(), Failure> {
+    fn event(&mut self, v: &Completion, start: Instant, url: &str) -> Result<(), Failure> {
         self.events += 1;
-        if let Some(e) = v.get("error") {
-            let msg = e
-                .get("message")
-                .and_then(Value::as_str)
-                .map(String::from)
-                .unwrap_or_else(|| e.to_string());
+        if let Some(e) = &v.error {
             return Err(fail(
-                format!("{url}: the server reported an error: {msg}"),
+                format!("{url}: the server reported an error: {}", e.message),
                 false,
             ));
         }
-        if let Some(choice) = v
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| c.first())
-        {
-            let piece = choice
-                .pointer("/delta/content")
-                .or_else(|| choice.pointer("/message/content"))
-                .or_else(|| choice.get("text"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+        if let Some(choice) = v.choices.first() {
+            let piece = choice.piece();
             if !piece.is_empty() {
                 let now = Instant::now();
                 match self.last {
@@ -400,23 +406,21 @@ impl Stream {
                 self.last = Some(now);
                 self.reply.text.push_str(piece);
             }
-            if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.finish = Some(f.to_string());
-                self.stop_reason = choice.get("stop_reason").cloned();
+            if let Some(f) = &choice.finish_reason {
+                self.finish = Some(f.clone());
+                self.stop_reason = choice.stop_reason.clone();
             }
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            let n = |k: &str| u.get(k).and_then(Value::as_u64).map(|x| x as usize);
-            self.reply.prompt_tokens = n("prompt_tokens").or(self.reply.prompt_tokens);
-            self.reply.completion_tokens = n("completion_tokens").or(self.reply.completion_tokens);
+        if let Some(u) = &v.usage {
+            let n = |x: Option<u64>| x.map(|x| x as usize);
+            self.reply.prompt_tokens = n(u.prompt_tokens).or(self.reply.prompt_tokens);
+            self.reply.completion_tokens = n(u.completion_tokens).or(self.reply.completion_tokens);
         }
-        if let Some(t) = v.pointer("/timings/prompt_ms").and_then(Value::as_f64) {
+        if let Some(t) = v.timings.as_ref().and_then(|t| t.prompt_ms) {
             self.reply.server_prefill_ms = Some(t);
         }
-        if let Some(k) = v.get("kvlens").and_then(Value::as_object) {
-            if let Some(p) = k.get("prefill_ms").and_then(Value::as_f64) {
-                self.reply.server_prefill_ms = Some(p);
-            }
+        if let Some(k) = &v.kvlens {
+            self.reply.server_prefill_ms = Some(k.prefill_ms);
             self.reply.kvlens = Some(k.clone());
         }
         Ok(())
@@ -476,10 +480,15 @@ fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<R
                 if data.trim() == "[DONE]" {
                     return st.finish(start, url);
                 }
-                let v: Value = serde_json::from_str(&data).map_err(|e| {
+                let v: Completion = serde_json::from_str(&data).map_err(|e| {
+                    let what = if e.is_syntax() || e.is_eof() {
+                        "valid JSON"
+                    } else {
+                        "a valid completion chunk"
+                    };
                     fail(
                         format!(
-                            "{url}: stream event {} is not valid JSON ({e}): {}",
+                            "{url}: stream event {} is not {what} ({e}): {}",
                             st.events + 1,
                             clip(&data)
                         ),

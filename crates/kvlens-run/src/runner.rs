@@ -1068,19 +1068,14 @@ fn fill_remote(
     r.decode_ms_p50 = remote::quantile(&reply.gaps_ms, 0.5);
     r.decode_ms_p90 = remote::quantile(&reply.gaps_ms, 0.9);
     r.decode_ms_max = reply.gaps_ms.iter().copied().fold(0.0, f64::max);
-    let kv = reply.kvlens.as_ref();
-    let num = |k: &str| {
-        kv.and_then(|m| m.get(k))
-            .and_then(serde_json::Value::as_f64)
-    };
-    match (num("kv_bytes_peak"), num("kv_bytes_full")) {
-        (Some(peak), Some(full)) => {
-            r.kv_bytes_peak = peak as u64;
-            r.kv_bytes_full = full as u64;
-            r.kv_bytes_end = num("kv_bytes_end").unwrap_or(0.0) as u64;
-            r.kv_tokens_kept = num("kv_tokens_kept").unwrap_or(0.0);
+    match &reply.kvlens {
+        Some(k) => {
+            r.kv_bytes_peak = k.kv_bytes_peak;
+            r.kv_bytes_full = k.kv_bytes_full;
+            r.kv_bytes_end = k.kv_bytes_end;
+            r.kv_tokens_kept = k.kv_tokens_kept;
         }
-        _ => {
+        None => {
             let absent = [
                 "kv_bytes_peak",
                 "kv_bytes_end",

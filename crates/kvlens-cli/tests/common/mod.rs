@@ -4,6 +4,8 @@
 // Each test binary uses its own share of these.
 #![allow(dead_code)]
 
+pub mod rawhttp;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,5 +1,5 @@
-//! Just enough HTTP/1.1 for `kvlens serve` and for the test servers that misbehave on
-//! purpose: one request per connection, bodies sized by `Content-Length`, responses closed
+//! Just enough HTTP/1.1 for the test servers that misbehave on purpose (`kvlens serve`
+//! itself runs on axum): one request per connection, bodies sized by `Content-Length`, responses closed
 //! by the server (`Connection: close`), so that a streamed body needs no chunked encoding.
 
 use std::io::{BufRead, BufReader, Read, Write};
