@@ -6,6 +6,7 @@ For files too big for CI (or any file you want to trust). Run by hand after
 
     $KVLENS_REF_PY scripts/compare_llamacpp.py MODEL.gguf [--tokens 32] [--kvlens PATH]
     $KVLENS_REF_PY scripts/compare_llamacpp.py --mixed OUT.gguf [--from models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    $KVLENS_REF_PY scripts/compare_llamacpp.py --quantize Q4_K_M OUT.gguf [--from ...]
 
 Each prompt is tokenized by llama.cpp (special tokens parsed, so chat markers are markers) and
 the same ids are given to both engines (`kvlens generate --prompt-ids`), each with an f16
@@ -18,8 +19,13 @@ matrix by matrix, as llama.cpp's quantizer mixes them (attn_q F16, attn_k Q8_0, 
 attn_output Q5_0, ffn_gate Q4_0, ffn_up Q4_1 and ffn_down Q8_0 in even layers; attn_q Q8_0,
 attn_v Q8_0 and ffn_down Q5_0 in odd ones; embedding and output as they were), requantized
 from the dequantized values with the gguf package's quantizers, then compares on it.
+
+--quantize TYPE OUT.gguf has llama.cpp's own quantizer (llama_model_quantize, requantizing
+--from) write OUT.gguf as a file of that type would be downloaded (Q4_K_M: Q4_K and Q6_K where
+rows are a multiple of 256 wide, its fallbacks Q5_0/Q5_1/Q8_0 elsewhere), then compares on it.
 """
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
@@ -106,6 +112,23 @@ def llama_steps(llm, ids, n, k=5):
     return toks, tops
 
 
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14, "Q4_K_M": 15,
+          "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def quantize(src, out, kind, pure=False):
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[kind]
+    params.allow_requantize = True
+    params.pure = pure
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
+    if rc != 0:
+        sys.exit(f"llama_model_quantize failed ({rc})")
+    print(f"wrote {out}: {kind} by llama.cpp's quantizer", file=sys.stderr)
+
+
 def kvlens_steps(binary, model, ids, n, k=5):
     cmd = [binary, "generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)),
            "--max-new-tokens", str(n), "--kv-dtype", "f16", "--top-logits", str(k), "--json"]
@@ -118,6 +141,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?")
     ap.add_argument("--mixed", metavar="OUT", help="write a mixed-format copy of --from and compare on it")
+    ap.add_argument("--quantize", nargs=2, metavar=("TYPE", "OUT"), help=f"one of {', '.join(FTYPES)}")
+    ap.add_argument("--pure", action="store_true", help="--quantize: every matrix in TYPE where its width allows (llama.cpp's --pure)")
     ap.add_argument("--from", dest="src", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--kvlens", default="target/release/kvlens")
@@ -126,8 +151,11 @@ def main():
     if a.mixed:
         make_mixed(a.src, a.mixed)
         model = a.mixed
+    if a.quantize:
+        quantize(a.src, a.quantize[1], a.quantize[0], a.pure)
+        model = a.quantize[1]
     if not model:
-        ap.error("give MODEL.gguf or --mixed OUT.gguf")
+        ap.error("give MODEL.gguf, --mixed OUT.gguf or --quantize TYPE OUT.gguf")
     kw = dict(model_path=model, n_ctx=1024, n_batch=512, n_threads=2, verbose=False, seed=0, logits_all=False)
     try:
         llm = Llama(flash_attn=False, **kw)

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod kquant;
 pub mod model;
 pub mod quant;
 pub mod sched;

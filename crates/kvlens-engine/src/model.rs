@@ -987,12 +987,17 @@ fn gguf_vector(g: &Gguf, name: &str) -> Result<Vec<f32>> {
 }
 
 /// One weight matrix of a GGUF file, multiplied by kvlens's kernels where it has one for the
-/// format (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and by candle's otherwise.
+/// format (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and by candle's
+/// otherwise.
 pub fn gguf_weight(g: &Gguf, name: &str) -> Result<Weight> {
     let t = g.tensor(name)?;
     let (rows, cols) = (t.rows, t.cols);
     Ok(match (t.dtype, Block::from_ggml(t.dtype)) {
         (_, Some(block)) => Weight::blocks(block, t.bytes, rows, cols),
+        (dtype, None) if crate::kquant::KFmt::from_ggml(dtype).is_some() && cols % 256 == 0 => {
+            let fmt = crate::kquant::KFmt::from_ggml(dtype).expect("checked");
+            Weight::kquant(fmt, t.bytes, rows, cols)
+        }
         (GgmlDType::F16, _) => Weight::f16(t.bytes, rows, cols),
         (GgmlDType::F32, _) => Weight::f32(
             Arc::new(

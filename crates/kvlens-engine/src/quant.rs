@@ -17,9 +17,11 @@
 //! integer product is summed whole and fused into one accumulator per output. For several
 //! tokens llama.cpp runs Q4_0, Q5_0 and Q8_0 through tinyBLAS, whose operations per output
 //! are the same as `ggml_vec_dot_*`'s. F16 weights follow the f16 orders of
-//! [`kvlens_press::sums`] (tinyBLAS for several tokens, `ggml_vec_dot_f16` for one). Formats
-//! without a kernel here (the K-quants, BF16) run on candle's kernels ([`Weight::kernel`]).
+//! [`kvlens_press::sums`] (tinyBLAS for several tokens, `ggml_vec_dot_f16` for one). Q4_K,
+//! Q5_K and Q6_K follow [`crate::kquant`]. Formats without a kernel here (Q2_K, Q3_K, BF16, ...)
+//! run on candle's kernels ([`Weight::kernel`]).
 
+use crate::kquant::{self, KFmt, Q8K};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use half::f16;
 use kvlens_press::cpu;
@@ -120,6 +122,7 @@ pub struct Input<'a> {
     /// Rows per sequence, in order; empty for one sequence.
     segments: Vec<usize>,
     q8: OnceCell<Q8Acts>,
+    q8k: OnceCell<Q8K>,
     f16: OnceCell<Vec<f32>>,
 }
 
@@ -138,6 +141,7 @@ impl<'a> Input<'a> {
             cols,
             segments: segments.to_vec(),
             q8: OnceCell::new(),
+            q8k: OnceCell::new(),
             f16: OnceCell::new(),
         }
     }
@@ -165,6 +169,11 @@ impl<'a> Input<'a> {
     /// Quantized to Q8_0/Q8_1 blocks (the two share scales and values; Q8_1 adds the sums).
     pub fn q8(&self) -> &Q8Acts {
         self.q8.get_or_init(|| Q8Acts::quantize(self.x, self.cols))
+    }
+
+    /// Quantized to Q8_K superblocks (the K-quants' activations).
+    pub fn q8k(&self) -> &Q8K {
+        self.q8k.get_or_init(|| Q8K::quantize(self.x, self.cols))
     }
 
     /// Rounded to f16 (and held as f32), as ggml converts the operand of an f16 product.
@@ -237,6 +246,8 @@ pub struct Weight {
 #[derive(Clone)]
 enum Store {
     Blocks(Block, Bytes),
+    /// K-quant superblocks of 256.
+    K(KFmt, Bytes),
     /// Little-endian f16 values, row-major.
     F16(Bytes),
     F32(Arc<Vec<f32>>),
@@ -262,6 +273,20 @@ impl Weight {
             rows,
             cols,
             store: Store::Blocks(block, data),
+        }
+    }
+
+    /// K-quant superblocks; `data` holds `rows · cols/256` of them.
+    pub fn kquant(fmt: KFmt, data: Bytes, rows: usize, cols: usize) -> Self {
+        debug_assert!(cols.is_multiple_of(kquant::QK_K));
+        debug_assert_eq!(
+            data.as_slice().len(),
+            rows * cols / kquant::QK_K * fmt.bytes()
+        );
+        Self {
+            rows,
+            cols,
+            store: Store::K(fmt, data),
         }
     }
 
@@ -305,6 +330,7 @@ impl Weight {
     pub fn kind(&self) -> String {
         match &self.store {
             Store::Blocks(b, _) => b.name().to_string(),
+            Store::K(f, _) => f.name().to_string(),
             Store::F16(_) => "f16".into(),
             Store::F32(_) => "f32".into(),
             Store::Candle(_, t) => ggml_name(*t),
@@ -346,6 +372,23 @@ impl Weight {
                     Block::Q5_0 => matmul_blocks::<Q50>(data, rows, cols, acts, out),
                     Block::Q5_1 => matmul_blocks::<Q51>(data, rows, cols, acts, out),
                     Block::Q8_0 => matmul_blocks::<Q80>(data, rows, cols, acts, out),
+                }
+            }
+            Store::K(fmt, data) => {
+                let acts = x.q8k();
+                for span in x.spans() {
+                    let order = fmt.order(rows, span.len());
+                    if order == kquant::Order::Repacked {
+                        // llama.cpp's gemm takes whole groups of 4 tokens (from 4 on), its
+                        // gemv the rest.
+                        let n = span.len();
+                        let split = span.start + if n > 3 { n - n % 4 } else { 0 };
+                        let gemm = kquant::Order::RepackedGemm;
+                        kquant::matmul(*fmt, gemm, data, rows, cols, acts, span.start..split, out);
+                        kquant::matmul(*fmt, order, data, rows, cols, acts, split..span.end, out);
+                    } else {
+                        kquant::matmul(*fmt, order, data, rows, cols, acts, span, out);
+                    }
                 }
             }
             Store::F16(data) => {
@@ -406,6 +449,7 @@ impl Weight {
                     }
                 }
             }
+            Store::K(fmt, data) => kquant::row(*fmt, data, cols, r, out),
             Store::F16(data) => {
                 let row = &data.as_slice()[r * cols * 2..(r + 1) * cols * 2];
                 for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
@@ -1044,11 +1088,75 @@ mod tests {
         let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, dtype).unwrap();
         let data = Bytes::Owned(Arc::new(q.data().unwrap().into_owned()));
-        match Block::from_ggml(dtype) {
-            Some(b) => Weight::blocks(b, data, rows, cols),
-            None => {
+        match (Block::from_ggml(dtype), KFmt::from_ggml(dtype)) {
+            (Some(b), _) => Weight::blocks(b, data, rows, cols),
+            (_, Some(f)) => Weight::kquant(f, data, rows, cols),
+            _ => {
                 assert_eq!(dtype, GgmlDType::F16);
                 Weight::f16(data, rows, cols)
+            }
+        }
+    }
+
+    #[test]
+    fn k_quants_multiply_as_their_dequantized_rows_and_dequantize_as_candle() {
+        // 16 rows (Q4_K repacked by llama.cpp) and 12 (not); 1, 3 and 9 tokens (vec_dot and
+        // tiled orders).
+        let cols = 512;
+        let mut seed = 11;
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            for rows in [16, 12] {
+                let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+                let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&t, dtype).unwrap();
+                let candle_rows: Vec<f32> = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let data = Bytes::Owned(Arc::new(q.data().unwrap().into_owned()));
+                let wq = Weight::kquant(KFmt::from_ggml(dtype).unwrap(), data, rows, cols);
+                let mut row = vec![0f32; cols];
+                for r in 0..rows {
+                    wq.row(r, &mut row);
+                    for c in 0..cols {
+                        let (a, b) = (row[c], candle_rows[r * cols + c]);
+                        assert!(
+                            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                            "{dtype:?} {a} {b}"
+                        );
+                    }
+                }
+                for n in [1, 3, 9] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+                    let mut out = vec![0f32; n * rows];
+                    wq.matmul(&Input::new(&x, cols), &mut out);
+                    // Each token alone: the repacked order gives the same bits for any n.
+                    let mut alone = vec![0f32; rows];
+                    wq.matmul(&Input::new(&x[(n - 1) * cols..], cols), &mut alone);
+                    for r in 0..rows {
+                        wq.row(r, &mut row);
+                        for t in 0..n {
+                            let exact: f64 = (0..cols)
+                                .map(|c| row[c] as f64 * x[t * cols + c] as f64)
+                                .sum();
+                            let got = out[t * rows + r] as f64;
+                            assert!(
+                                (got - exact).abs() < 0.2,
+                                "{dtype:?} rows {rows} n {n} r{r} t{t}: {got} vs {exact}"
+                            );
+                        }
+                        let last = out[(n - 1) * rows + r];
+                        let order = KFmt::from_ggml(dtype).unwrap().order(rows, n);
+                        if order == kquant::Order::VecDot
+                            || (order == kquant::Order::Repacked && n % 4 != 0)
+                        {
+                            assert_eq!(last.to_bits(), alone[r].to_bits(), "{dtype:?} {order:?}");
+                        }
+                    }
+                }
             }
         }
     }
