@@ -660,3 +660,137 @@ pub fn draw_all(
     }
     Ok(out)
 }
+
+/// One measured point of `kvlens bench`.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub method: String,
+    pub batch: usize,
+    pub context: usize,
+    pub decode_tok_s: f64,
+}
+
+/// Panels of decode throughput: one per `panel` value, `x` on the horizontal axis (log 2),
+/// one line per method.
+fn draw_throughput<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    (points, by_batch): (&[Throughput], bool),
+) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let title = if by_batch {
+        "Decode throughput against batch size, per context length"
+    } else {
+        "Decode throughput against context length, per batch size"
+    };
+    let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
+    let panel_of = |p: &Throughput| if by_batch { p.context } else { p.batch };
+    let x_of = |p: &Throughput| if by_batch { p.batch } else { p.context };
+    let mut panels: Vec<usize> = points.iter().map(panel_of).collect();
+    panels.sort_unstable();
+    panels.dedup();
+    let mut methods: Vec<String> = Vec::new();
+    for p in points {
+        if !methods.contains(&p.method) {
+            methods.push(p.method.clone());
+        }
+    }
+    let short = short_names(&methods);
+    let (rows, cols) = grid(panels.len());
+    let areas = root.split_evenly((rows, cols));
+    for (&panel, area) in panels.iter().zip(areas.iter()) {
+        let mine: Vec<&Throughput> = points.iter().filter(|p| panel_of(p) == panel).collect();
+        let xs = mine.iter().map(|p| x_of(p) as f64);
+        let (lo, hi) = xs.fold((f64::INFINITY, 0f64), |(a, b), x| (a.min(x), b.max(x)));
+        let (lo, hi) = (lo.log2() - 0.2, hi.log2() + 0.2);
+        let top = mine.iter().map(|p| p.decode_tok_s).fold(1.0, f64::max) * 1.15;
+        let caption = if by_batch {
+            format!("context {panel}")
+        } else {
+            format!("batch {panel}")
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(lo..hi, 0.0..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(if by_batch {
+                "batch"
+            } else {
+                "context (tokens)"
+            })
+            .y_desc("decode tokens/s")
+            // A log-2 axis labelled at the powers of two only.
+            .x_labels(40)
+            .light_line_style(WHITE)
+            .x_label_formatter(&|v| {
+                if (v - v.round()).abs() < 1e-6 {
+                    format!("{}", 2f64.powi(v.round() as i32))
+                } else {
+                    String::new()
+                }
+            })
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        for (i, m) in methods.iter().enumerate() {
+            let mut line: Vec<(f64, f64)> = mine
+                .iter()
+                .filter(|p| &p.method == m)
+                .map(|p| ((x_of(p) as f64).log2(), p.decode_tok_s))
+                .collect();
+            if line.is_empty() {
+                continue;
+            }
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
+                .map_err(err)?
+                .label(short.get(m).unwrap_or(m).clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    line.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+                )
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+/// `bench_batch` (throughput against batch, a panel per context) and `bench_context`
+/// (against context, a panel per batch), PNG and SVG, into `dir`; the files written.
+pub fn draw_throughput_all(
+    points: &[Throughput],
+    dir: &Path,
+) -> std::result::Result<Vec<PathBuf>, String> {
+    ensure_font()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for (stem, by_batch) in [("bench_batch", true), ("bench_context", false)] {
+        let mut panels: Vec<usize> = points
+            .iter()
+            .map(|p| if by_batch { p.context } else { p.batch })
+            .collect();
+        panels.sort_unstable();
+        panels.dedup();
+        let (r, c) = grid(panels.len());
+        let size = ((420 * c as u32 + 40).max(760), 320 * r as u32 + 60);
+        both!(dir, stem, size, draw_throughput, (points, by_batch), out);
+    }
+    Ok(out)
+}

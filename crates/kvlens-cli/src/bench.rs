@@ -1,5 +1,5 @@
 //! `kvlens bench`: prefill and decode throughput per method, batch size and context on a
-//! synthetic prompt, through the engine's batched step ([`kvlens_engine::Transformer::step`]):
+//! synthetic prompt, on the engine's scheduler ([`kvlens_engine::sched`], as `serve` runs):
 //! the sweeps of the MLSys 2025 study (throughput against batch size at a fixed prompt length,
 //! and against prompt length at a fixed batch), and with `--kv-budget` the largest batch each
 //! method fits in that memory and its throughput there.
@@ -7,9 +7,9 @@
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kvlens_engine::generate::{argmax, prefill_chunks, LLAMA_UBATCH, MIN_LAST_CHUNK};
-use kvlens_engine::{Logits, Model, Seq};
-use kvlens_press::{parse_list, KvCache, Spec, Step};
+use kvlens_engine::sched::{CacheSource, Event, Limits, Request, Scheduler};
+use kvlens_engine::{GenOptions, Model, Sampling};
+use kvlens_press::{parse_list, Spec};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,9 +34,16 @@ pub struct BenchArgs {
     /// Tokens decoded after the prompt (end-of-sequence is ignored).
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Prompt tokens per forward pass of each sequence during prefill.
+    /// Prompt tokens per forward pass of one sequence (the prompt's chunks, as `generate`
+    /// cuts them; llama.cpp's batch of 512 by default).
     #[arg(long, default_value_t = 512)]
-    prefill_chunk: usize,
+    chunk: usize,
+    /// The scheduler's prompt tokens per step, as in `serve` (each prompt is cut into 512-token
+    /// chunks as `generate` cuts it). Default: batch × context, so that all prompts advance
+    /// one chunk per step and then decode together; a smaller budget staggers them, as a
+    /// server would, and only the steps in which all sequences decode count.
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     /// A KV memory budget (`512MiB`, `2GB`, bytes): also find, per method and context, the
     /// largest batch whose caches fit it at their peak, and measure that batch.
     #[arg(long)]
@@ -44,6 +51,11 @@ pub struct BenchArgs {
     /// The largest batch `--kv-budget` may measure.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
+    /// Also draw decode throughput against batch (a panel per context) and against context
+    /// (a panel per batch), one line per method: `bench_batch` and `bench_context`, PNG and
+    /// SVG, into this folder.
+    #[arg(long)]
+    plots: Option<PathBuf>,
     /// Print one JSON array on standard output and nothing else.
     #[arg(long)]
     json: bool,
@@ -73,6 +85,12 @@ struct Row {
     kv_bytes_full: usize,
     /// Peak cache bytes of the whole batch (the sum over sequences).
     kv_bytes_batch: usize,
+    /// Bytes one decode step reads at the least: the weights once, and every sequence's cache
+    /// (at its peak).
+    step_bytes: usize,
+    /// The time those bytes take at this machine's measured memory bandwidth: the floor of a
+    /// memory-bound step.
+    roofline_ms: f64,
     /// Set on the rows measured at the largest batch that fits `--kv-budget`.
     #[serde(skip_serializing_if = "Option::is_none")]
     kv_budget: Option<u64>,
@@ -88,82 +106,96 @@ fn prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
     Ok(unit.iter().copied().cycle().take(n).collect())
 }
 
-/// `batch` sequences of `ids` under `spec`: prefilled together chunk by chunk (each cut as
-/// `generate` cuts a prompt), then `new_tokens` decode steps of all of them together.
+/// `batch` sequences of `ids` under `spec` on the scheduler, as `serve` runs them: submitted
+/// together, each prompt cut into chunks as `generate` cuts it, and then `new_tokens` tokens
+/// each. Prefill throughput is all prompts' tokens over the steps until every sequence has its
+/// first token; decode throughput counts only the steps in which all `batch` sequences decode.
 fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize) -> Result<Row> {
     let dtype = a.model.dtype();
-    let mut caches: Vec<KvCache> = (0..batch)
-        .map(|_| {
-            let mut c = model.new_cache(spec, dtype);
-            c.reserve(ids.len() + a.new_tokens);
-            c
-        })
-        .collect();
-    let min_last = caches[0].needs().window.max(MIN_LAST_CHUNK);
-    let chunks = prefill_chunks(ids.len(), a.prefill_chunk, min_last);
+    let limits = Limits {
+        // The budget at equal memory is worked out from the methods' real peaks (below);
+        // here every sequence is admitted.
+        kv_budget: usize::MAX / 4,
+        max_batch: batch,
+        // By default all prompts advance one chunk per step, so that they finish together
+        // and then decode together.
+        prefill_chunk: a.prefill_chunk.unwrap_or(batch * ids.len()),
+    };
+    let mut sched = Scheduler::new(model, limits)?;
+    for id in 0..batch {
+        sched.submit(Request {
+            id: id as u64,
+            prompt: ids.to_vec(),
+            cache: CacheSource::New(spec.clone(), dtype),
+            opts: GenOptions {
+                max_new_tokens: a.new_tokens + 1,
+                sampling: Sampling {
+                    temperature: 0.0,
+                    ..Sampling::default()
+                },
+                ignore_eos: true,
+                prefill_chunk: a.chunk,
+                ..GenOptions::default()
+            },
+        });
+    }
+    let (mut firsts, mut prefill_s) = (0, 0.0);
+    let mut steps_ms = Vec::new();
+    let mut done = Vec::new();
     let t0 = Instant::now();
-    let mut logits = Vec::new();
-    for (i, &(s, e)) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len();
-        let mut seqs: Vec<Seq> = caches
-            .iter_mut()
-            .map(|cache| {
-                cache.begin(Step::Prefill { last }, e - s);
-                cache.set_solo_last(last && ids.len() % LLAMA_UBATCH == 1);
-                Seq {
-                    tokens: &ids[s..e],
-                    pos0: s,
-                    cache,
-                    want: Logits::Last,
-                }
-            })
-            .collect();
-        logits = model.transformer.step(&mut seqs);
-    }
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let mut next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
-    let mut steps_ms = Vec::with_capacity(a.new_tokens);
-    let t1 = Instant::now();
-    for i in 0..a.new_tokens {
+    while !sched.is_idle() {
+        let (mut decoded, mut first) = (0, 0);
         let t = Instant::now();
-        let tokens: Vec<[u32; 1]> = next.iter().map(|&n| [n]).collect();
-        let mut seqs: Vec<Seq> = caches
-            .iter_mut()
-            .zip(&tokens)
-            .map(|(cache, tok)| {
-                cache.begin(Step::Decode, 1);
-                Seq {
-                    tokens: tok,
-                    pos0: ids.len() + i,
-                    cache,
-                    want: Logits::Last,
-                }
-            })
-            .collect();
-        let out = model.transformer.step(&mut seqs);
-        next = out.iter().map(|l| argmax(l)).collect();
-        steps_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        sched.step(&mut |e| match e {
+            Event::Token { index: 0, .. } => first += 1,
+            Event::Token { .. } => decoded += 1,
+            Event::Done { result, .. } => done.push(result),
+        });
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        firsts += first;
+        if first > 0 && firsts == batch {
+            prefill_s = t0.elapsed().as_secs_f64();
+        }
+        if decoded == batch {
+            steps_ms.push(ms);
+        }
     }
-    let decode_s = t1.elapsed().as_secs_f64();
+    let mut peaks = Vec::new();
+    let mut full = 0;
+    for r in done {
+        let f = r.map_err(|e| anyhow::anyhow!("{}: {e}", spec.canonical()))?;
+        peaks.push(f.generation.kv_bytes_peak);
+        full = full.max(f.generation.kv_bytes_full);
+    }
+    if steps_ms.is_empty() {
+        bail!(
+            "{} batch {batch}: no step decoded all {batch} sequences together (a --prefill-chunk \
+             below batch × context staggers the prompts; raise it or --new-tokens)",
+            spec.canonical()
+        );
+    }
+    let decode_ms: f64 = steps_ms.iter().sum();
+    let steps = steps_ms.len();
     steps_ms.sort_by(f64::total_cmp);
-    let n = steps_ms.len();
-    let p50 = if n % 2 == 1 {
-        steps_ms[n / 2]
+    let p50 = if steps % 2 == 1 {
+        steps_ms[steps / 2]
     } else {
-        (steps_ms[n / 2 - 1] + steps_ms[n / 2]) / 2.0
+        (steps_ms[steps / 2 - 1] + steps_ms[steps / 2]) / 2.0
     };
     Ok(Row {
         method: spec.canonical(),
         batch,
         context: ids.len(),
         new_tokens: a.new_tokens,
-        prefill_tok_s: (batch * ids.len()) as f64 / prefill_s,
-        decode_tok_s: (batch * a.new_tokens) as f64 / decode_s,
-        decode_ms_per_token: decode_s * 1e3 / a.new_tokens as f64,
+        prefill_tok_s: (batch * ids.len()) as f64 / prefill_s.max(1e-9),
+        decode_tok_s: (batch * steps) as f64 / (decode_ms / 1e3),
+        decode_ms_per_token: decode_ms / steps as f64,
         decode_ms_p50: p50,
-        kv_bytes_peak: caches.iter().map(|c| c.peak_bytes()).max().unwrap_or(0),
-        kv_bytes_full: caches[0].full_bytes(),
-        kv_bytes_batch: caches.iter().map(|c| c.peak_bytes()).sum(),
+        kv_bytes_peak: peaks.iter().copied().max().unwrap_or(0),
+        kv_bytes_full: full,
+        kv_bytes_batch: peaks.iter().sum(),
+        step_bytes: 0,
+        roofline_ms: 0.0,
         kv_budget: None,
     })
 }
@@ -181,8 +213,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.context.contains(&0) || a.new_tokens == 0 {
         bail!("--context and --new-tokens must be at least 1");
     }
-    if a.prefill_chunk == 0 {
-        bail!("--prefill-chunk must be at least 1");
+    if a.prefill_chunk == Some(0) || a.chunk == 0 {
+        bail!("--prefill-chunk and --chunk must be at least 1");
     }
     let model = a.model.load()?;
     let cfg = model.config();
@@ -199,13 +231,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         model.transformer.weight_format(),
         model.transformer.weight_kernels()
     );
+    let bandwidth = memory_bandwidth();
+    let weights = model.transformer.weight_bytes();
+    let roof = |mut r: Row| {
+        r.step_bytes = weights + r.kv_bytes_batch;
+        r.roofline_ms = r.step_bytes as f64 / bandwidth * 1e3;
+        r
+    };
     let mut rows = Vec::new();
     for spec in &specs {
         for &context in &a.context {
             let ids = prompt(&model, context)?;
             let mut per_seq_peak = None;
             for &batch in &a.batch {
-                let row = measure(&model, &a, spec, &ids, batch)?;
+                let row = roof(measure(&model, &a, spec, &ids, batch)?);
                 per_seq_peak.get_or_insert(row.kv_bytes_peak);
                 if !a.json {
                     eprintln!(
@@ -229,7 +268,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     r.method == spec.canonical() && r.context == context && r.batch == fit
                 }) {
                     Some(r) => r.clone(),
-                    None => measure(&model, &a, spec, &ids, fit)?,
+                    None => roof(measure(&model, &a, spec, &ids, fit)?),
                 };
                 row.kv_budget = Some(b);
                 if !a.json {
@@ -246,6 +285,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &a.csv {
         write_csv(path, &model.name, &rows)?;
+    }
+    if let Some(dir) = &a.plots {
+        let points: Vec<kvlens_analyze::plots::Throughput> = rows
+            .iter()
+            .filter(|r| r.kv_budget.is_none())
+            .map(|r| kvlens_analyze::plots::Throughput {
+                method: r.method.clone(),
+                batch: r.batch,
+                context: r.context,
+                decode_tok_s: r.decode_tok_s,
+            })
+            .collect();
+        match kvlens_analyze::plots::draw_throughput_all(&points, dir) {
+            Ok(files) => {
+                if !a.json {
+                    eprintln!("kvlens: plots: {} files in {}", files.len(), dir.display());
+                }
+            }
+            Err(e) => eprintln!("kvlens: no plots: {e}"),
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -271,6 +330,29 @@ pub fn run(a: BenchArgs) -> Result<()> {
             mib(r.kv_bytes_batch),
         );
     }
+    println!(
+        "\nRoofline: a decode step reads the weights once ({:.1} MB) and every sequence's \
+         cache; at this machine's measured memory bandwidth ({:.1} GB/s, a parallel read of \
+         1 GiB) that takes at least the floor below. Share = floor / measured median step: \
+         near 1, the step is memory-bound; far below, compute (attention, selection, \
+         dequantization) bounds it.\n",
+        weights as f64 / 1e6,
+        bandwidth / 1e9
+    );
+    println!("| method | batch | context | MB read/step | floor ms | median ms/step | share |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.kv_budget.is_none()) {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            r.method,
+            r.batch,
+            r.context,
+            r.step_bytes as f64 / 1e6,
+            r.roofline_ms,
+            r.decode_ms_p50,
+            r.roofline_ms / r.decode_ms_p50.max(1e-9)
+        );
+    }
     if let Some(b) = budget {
         println!(
             "\nAt equal memory: the largest batch whose caches fit {} (at most {}):\n",
@@ -291,6 +373,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This machine's memory bandwidth for reading, in bytes/s: the best of three parallel passes
+/// over 1 GiB (larger than any cache level).
+fn memory_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1u64; (1 << 30) / 8];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sum: u64 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 8) as f64 / best
 }
 
 fn mib(b: usize) -> f64 {

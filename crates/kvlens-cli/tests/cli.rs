@@ -91,7 +91,7 @@ fn bench_json_is_one_array_with_a_row_per_method() {
         "96",
         "--new-tokens",
         "4",
-        "--prefill-chunk",
+        "--chunk",
         "16",
         "--json",
     ]));
@@ -318,6 +318,7 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
     let _ = stdout(&kvlens(&["models", "fetch"]));
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("thr.csv");
+    let plots = dir.path().join("plots");
     let out = stdout(&kvlens(&[
         "bench",
         "--methods",
@@ -332,6 +333,8 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
         "4MiB",
         "--csv",
         csv.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
         "--json",
     ]));
     let v: serde_json::Value =
@@ -356,6 +359,13 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
             };
             let one = of(Some(1), false);
             let three = of(Some(3), false);
+            // The roofline: the same weights and three caches instead of one.
+            let bytes = |r: &serde_json::Value| r["step_bytes"].as_u64().unwrap();
+            assert_eq!(
+                bytes(three) - bytes(one),
+                2 * one["kv_bytes_peak"].as_u64().unwrap()
+            );
+            assert!(three["roofline_ms"].as_f64().unwrap() > one["roofline_ms"].as_f64().unwrap());
             let peak = one["kv_bytes_peak"].as_u64().unwrap();
             // The same prompt in three caches: three times one cache's bytes.
             assert_eq!(three["kv_bytes_peak"].as_u64().unwrap(), peak);
@@ -365,6 +375,17 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
             assert_eq!(fit["kv_budget"], 4 << 20);
             assert_eq!(fit["batch"].as_u64().unwrap(), ((4 << 20) / peak).min(64));
             assert!(fit["kv_bytes_batch"].as_u64().unwrap() <= 4 << 20);
+        }
+    }
+    // The plots, where this machine has a font (as `kvlens analyze`'s).
+    if kvlens_analyze::plots::ensure_font().is_ok() {
+        for f in [
+            "bench_batch.png",
+            "bench_batch.svg",
+            "bench_context.png",
+            "bench_context.svg",
+        ] {
+            assert!(plots.join(f).is_file(), "{f}");
         }
     }
     // The study artifact's schema: one line per row (budget rows aside) and stage.

@@ -551,6 +551,16 @@ impl Transformer {
     /// Which matrices run on candle's kernels rather than kvlens's own (llama.cpp's bits),
     /// as `q6_k: 31 matrices (output, blk.*.ffn_down) on candle`; `all on kvlens's kernels`
     /// when none do.
+    /// Bytes of the matrices one forward step reads (each matrix once, the output included;
+    /// the embedding table is looked up, not read whole).
+    pub fn weight_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        self.matrices()
+            .filter(|(_, w)| seen.insert(*w as *const Weight))
+            .map(|(_, w)| w.bytes())
+            .sum()
+    }
+
     pub fn weight_kernels(&self) -> String {
         if !self.has_weights() {
             return "none (tokenizer only)".into();

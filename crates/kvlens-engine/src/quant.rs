@@ -337,6 +337,15 @@ impl Weight {
         }
     }
 
+    /// Bytes the matrix occupies as stored (what one pass over it reads).
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            Store::Blocks(_, d) | Store::K(_, d) | Store::F16(d) => d.as_slice().len(),
+            Store::F32(v) => v.len() * 4,
+            Store::Candle(_, t) => self.rows * self.cols / t.block_size() * t.type_size(),
+        }
+    }
+
     /// Which code multiplies this matrix.
     pub fn kernel(&self) -> Kernel {
         match self.store {
