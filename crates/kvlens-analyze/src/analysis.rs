@@ -115,6 +115,16 @@ pub struct TaskRow {
     pub delta_prefill_ms_mean: Option<f64>,
     pub delta_per_token_ms_mean: Option<f64>,
     pub delta_extra_tokens_ms_mean: Option<f64>,
+    /// Paired bootstrap 95 % intervals of the four means above (the pairs resampled
+    /// together); an interval that holds 0 is not distinguishable from noise.
+    pub delta_e2e_ms_mean_ci_low: Option<f64>,
+    pub delta_e2e_ms_mean_ci_high: Option<f64>,
+    pub delta_prefill_ms_mean_ci_low: Option<f64>,
+    pub delta_prefill_ms_mean_ci_high: Option<f64>,
+    pub delta_per_token_ms_mean_ci_low: Option<f64>,
+    pub delta_per_token_ms_mean_ci_high: Option<f64>,
+    pub delta_extra_tokens_ms_mean_ci_low: Option<f64>,
+    pub delta_extra_tokens_ms_mean_ci_high: Option<f64>,
     pub delta_e2e_ms_sum: Option<f64>,
     pub delta_prefill_ms_sum: Option<f64>,
     pub delta_per_token_ms_sum: Option<f64>,
@@ -127,6 +137,20 @@ pub struct TaskRow {
     pub kv_bytes_mean: Option<f64>,
     /// Mean KV bytes over paired samples / the baseline's.
     pub kv_bytes_ratio: Option<f64>,
+    /// The attributed pairs' four terms, for the intervals pooled over tasks.
+    #[serde(skip)]
+    pub latency_terms: Vec<[f64; 4]>,
+}
+
+/// One method's latency attribution over all its tasks' pairs: the mean of each term
+/// (Δe2e, Δprefill, Δper-token, Δextra tokens) and its paired bootstrap 95 % interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodLatency {
+    pub method: String,
+    pub pairs: usize,
+    pub mean: [f64; 4],
+    pub ci_low: [Option<f64>; 4],
+    pub ci_high: [Option<f64>; 4],
 }
 
 /// One flagged sample.
@@ -194,6 +218,55 @@ pub struct Analysis {
     pub missing: Vec<Missing>,
     /// Records whose `(model, task, sample_id, method)` was seen before (the first is used).
     pub duplicates: usize,
+    /// How much the baseline's own timing varied while the runs went.
+    pub noise: Option<Noise>,
+    /// Per method (the baseline aside), the attribution pooled over its tasks.
+    pub latency: Vec<MethodLatency>,
+}
+
+/// The noise floor of a run's timings: how much the same work's time varied on the machine
+/// while it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Noise {
+    /// The median, over pairs of the baseline's samples next to each other in prompt length
+    /// (within 10 % of each other, same model), of the relative difference of their per-token
+    /// times `(e2e − prefill) / output tokens`: work of the same cost, timed twice.
+    pub relative_spread: f64,
+    pub pairs: usize,
+    pub how: String,
+}
+
+/// Above this relative spread, latency differences of that size are noise.
+pub const NOISY: f64 = 0.10;
+
+/// The baseline's noise floor (needs at least 3 pairs of samples of like prompt length).
+pub fn noise_floor(samples: &[Sample], baseline: &str) -> Option<Noise> {
+    let mut v: Vec<(&str, f64, f64)> = samples
+        .iter()
+        .filter(|s| s.method == baseline && !s.error)
+        .filter_map(|s| {
+            let (e, p, l, n) = (s.e2e_ms?, s.prefill_ms?, s.output_tokens?, s.prompt_tokens?);
+            (l >= 2.0 && e > p).then(|| (s.model.as_str(), n, (e - p) / l))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)));
+    let rel: Vec<f64> = v
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0 && w[1].1 <= w[0].1 * 1.1)
+        .map(|w| (w[1].2 - w[0].2).abs() / ((w[0].2 + w[1].2) / 2.0))
+        .collect();
+    if rel.len() < 3 {
+        return None;
+    }
+    Some(Noise {
+        relative_spread: stats::median(&rel)?,
+        pairs: rel.len(),
+        how: format!(
+            "median relative difference of the baseline's per-token time between {} pairs of \
+             its samples with prompts within 10 % of each other in length",
+            rel.len()
+        ),
+    })
 }
 
 /// `name` as typed → a method of the records: the exact canonical spec, else the one
@@ -475,6 +548,37 @@ pub fn analyze(samples: &[Sample], opts: &Options) -> Result<Analysis> {
     let mut flags = Vec::new();
     let mut by_meta = Vec::new();
     let mut missing = Vec::new();
+    let mut pooled: Vec<(String, Vec<[f64; 4]>)> = Vec::new();
+    for o in &outs {
+        if o.row.latency_terms.is_empty() {
+            continue;
+        }
+        match pooled.iter_mut().find(|(m, _)| *m == o.row.method) {
+            Some((_, v)) => v.extend_from_slice(&o.row.latency_terms),
+            None => pooled.push((o.row.method.clone(), o.row.latency_terms.clone())),
+        }
+    }
+    let latency = pooled
+        .into_iter()
+        .map(|(method, v)| {
+            let seed = opts.seed ^ stats::fnv1a(&method) ^ 0x01a7_e0c1;
+            let mut m = MethodLatency {
+                method,
+                pairs: v.len(),
+                mean: [0.0; 4],
+                ci_low: [None; 4],
+                ci_high: [None; 4],
+            };
+            for k in 0..4 {
+                let col: Vec<f64> = v.iter().map(|t| t[k]).collect();
+                m.mean[k] = stats::mean(&col).unwrap_or(0.0);
+                if let Some((lo, hi)) = stats::bootstrap_mean_ci(&col, opts.bootstrap_reps, seed) {
+                    (m.ci_low[k], m.ci_high[k]) = (Some(lo), Some(hi));
+                }
+            }
+            m
+        })
+        .collect();
     for o in outs {
         rows.push(o.row);
         flags.extend(o.flags);
@@ -492,6 +596,12 @@ pub fn analyze(samples: &[Sample], opts: &Options) -> Result<Analysis> {
         by_meta,
         missing,
         duplicates,
+        noise: None,
+        latency,
+    })
+    .map(|mut a| {
+        a.noise = noise_floor(samples, &a.baseline);
+        a
     })
 }
 
@@ -646,6 +756,7 @@ fn group_stats(
 
     // Latency attribution.
     let mut sums = [0.0f64; 4];
+    let mut terms: [Vec<f64>; 4] = Default::default();
     let mut zero_sum: Option<f64> = None;
     let mut any_timing = false;
     for p in &pairs {
@@ -653,9 +764,11 @@ fn group_stats(
             Some(Ok(parts)) => {
                 any_timing = true;
                 row.attributed += 1;
-                for (s, x) in sums.iter_mut().zip(parts) {
+                for ((s, t), x) in sums.iter_mut().zip(terms.iter_mut()).zip(parts) {
                     *s += x;
+                    t.push(x);
                 }
+                row.latency_terms.push(parts);
             }
             Some(Err(d)) => {
                 any_timing = true;
@@ -680,6 +793,25 @@ fn group_stats(
         row.delta_prefill_ms_mean = Some(sums[1] / n);
         row.delta_per_token_ms_mean = Some(sums[2] / n);
         row.delta_extra_tokens_ms_mean = Some(sums[3] / n);
+        // One seed for the four terms: each resample takes the same pairs for all of them.
+        let ci: Vec<Option<(f64, f64)>> = terms
+            .iter()
+            .map(|t| stats::bootstrap_mean_ci(t, opts.bootstrap_reps, seed ^ 0x01a7_e0c1))
+            .collect();
+        let lo_hi = |i: usize| (ci[i].map(|c| c.0), ci[i].map(|c| c.1));
+        (row.delta_e2e_ms_mean_ci_low, row.delta_e2e_ms_mean_ci_high) = lo_hi(0);
+        (
+            row.delta_prefill_ms_mean_ci_low,
+            row.delta_prefill_ms_mean_ci_high,
+        ) = lo_hi(1);
+        (
+            row.delta_per_token_ms_mean_ci_low,
+            row.delta_per_token_ms_mean_ci_high,
+        ) = lo_hi(2);
+        (
+            row.delta_extra_tokens_ms_mean_ci_low,
+            row.delta_extra_tokens_ms_mean_ci_high,
+        ) = lo_hi(3);
     }
     let kv_pairs: Vec<(f64, f64)> = pairs
         .iter()

@@ -21,6 +21,7 @@ pub struct Sample {
     pub score: Option<f64>,
     pub pass: Option<bool>,
     pub output_tokens: Option<f64>,
+    pub prompt_tokens: Option<f64>,
     pub finish_reason: Option<String>,
     pub max_new_tokens: Option<usize>,
     pub prefill_ms: Option<f64>,
@@ -67,6 +68,7 @@ impl Sample {
             score: if ok { r.score } else { None },
             pass: if ok { r.pass } else { None },
             output_tokens: (ok && has("output_tokens")).then_some(r.output_tokens as f64),
+            prompt_tokens: (ok && has("prompt_tokens")).then_some(r.prompt_tokens as f64),
             finish_reason: if ok && has("finish_reason") {
                 r.finish_reason.clone()
             } else {
@@ -118,6 +120,8 @@ struct Lite<'a> {
     #[serde(borrow)]
     method: Cow<'a, str>,
     output_tokens: Option<f64>,
+    #[serde(default)]
+    prompt_tokens: Option<f64>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
     max_new_tokens: Option<usize>,
@@ -185,6 +189,7 @@ impl Sample {
             score: r.score.filter(|_| ok),
             pass: r.pass.filter(|_| ok),
             output_tokens: r.output_tokens.filter(|_| has("output_tokens")),
+            prompt_tokens: r.prompt_tokens.filter(|_| has("prompt_tokens")),
             finish_reason: r
                 .finish_reason
                 .filter(|_| has("finish_reason"))

@@ -164,7 +164,7 @@ macro_rules! typed_frame {
 }
 
 pub fn tasks_frame(rows: &[TaskRow]) -> Result<DataFrame> {
-    typed_frame!(rows; model, task, method, n, errors, paired, missing_baseline, missing_method, score, delta, delta_ci_low, delta_ci_high, negatives, both_zero, pass_to_fail, fail_to_pass, mcnemar_p, length_ratio_median, length_ratio_p90, pct_longer, pct_ran_to_limit, extra_tokens_mean, e2e_ms_mean, delta_e2e_ms_mean, delta_prefill_ms_mean, delta_per_token_ms_mean, delta_extra_tokens_ms_mean, delta_e2e_ms_sum, delta_prefill_ms_sum, delta_per_token_ms_sum, delta_extra_tokens_ms_sum, attributed, zero_length, zero_length_delta_e2e_ms_sum, kv_bytes_mean, kv_bytes_ratio)
+    typed_frame!(rows; model, task, method, n, errors, paired, missing_baseline, missing_method, score, delta, delta_ci_low, delta_ci_high, negatives, both_zero, pass_to_fail, fail_to_pass, mcnemar_p, length_ratio_median, length_ratio_p90, pct_longer, pct_ran_to_limit, extra_tokens_mean, e2e_ms_mean, delta_e2e_ms_mean, delta_prefill_ms_mean, delta_per_token_ms_mean, delta_extra_tokens_ms_mean, delta_e2e_ms_mean_ci_low, delta_e2e_ms_mean_ci_high, delta_prefill_ms_mean_ci_low, delta_prefill_ms_mean_ci_high, delta_per_token_ms_mean_ci_low, delta_per_token_ms_mean_ci_high, delta_extra_tokens_ms_mean_ci_low, delta_extra_tokens_ms_mean_ci_high, delta_e2e_ms_sum, delta_prefill_ms_sum, delta_per_token_ms_sum, delta_extra_tokens_ms_sum, attributed, zero_length, zero_length_delta_e2e_ms_sum, kv_bytes_mean, kv_bytes_ratio)
 }
 
 pub fn flags_frame(rows: &[Flag]) -> Result<DataFrame> {
@@ -180,15 +180,50 @@ pub fn write_tables(a: &Analysis, dir: &Path) -> Result<()> {
     write_frame(&mut flags_frame(&a.flags)?, dir, "flags")?;
     write_frame(&mut frame(&a.by_meta)?, dir, "by_meta")?;
     write_frame(&mut frame(&a.missing)?, dir, "missing")?;
+    let noise = serde_json::json!({"noise": a.noise, "latency": a.latency});
+    let path = dir.join("noise.json");
+    std::fs::write(&path, format!("{noise:#}\n")).map_err(|e| AnalyzeError::io(&path, e))?;
     Ok(())
 }
 
-/// The object `--json` prints: `negatives` and `tasks`.
+/// The object `--json` prints: `negatives`, `tasks` and `noise` (the run's noise floor, or
+/// null where too few baseline samples share a prompt length).
 pub fn json(a: &Analysis) -> Value {
     serde_json::json!({
         "negatives": a.negatives,
         "tasks": a.rows,
+        "noise": a.noise,
+        "latency": a.latency,
     })
+}
+
+/// `~` after a latency term whose interval holds 0: not distinguishable from noise.
+fn mark(lo: Option<f64>, hi: Option<f64>) -> &'static str {
+    match (lo, hi) {
+        (Some(l), Some(h)) if l <= 0.0 && h >= 0.0 => "~",
+        _ => "",
+    }
+}
+
+/// The noise floor in one plain sentence, with a warning and what to do when it is large.
+pub fn noise_sentence(a: &Analysis) -> String {
+    match &a.noise {
+        None => "Noise floor: too few baseline samples of like prompt length to measure it.".into(),
+        Some(n) if n.relative_spread > crate::analysis::NOISY => format!(
+            "Warning: the baseline's per-token time varied by {:.0} % between samples of the same \
+             prompt length ({} pairs), so per-token and end-to-end differences of that size are \
+             noise; rerun on a quieter machine, with --threads set below the core count, with \
+             more samples, or with --batch 1.",
+            100.0 * n.relative_spread,
+            n.pairs
+        ),
+        Some(n) => format!(
+            "Noise floor: the baseline's per-token time varied by {:.1} % between samples of the \
+             same prompt length ({} pairs).",
+            100.0 * n.relative_spread,
+            n.pairs
+        ),
+    }
 }
 
 fn f(v: Option<f64>, digits: usize) -> String {
@@ -239,7 +274,26 @@ pub fn markdown(a: &Analysis) -> String {
             r.delta_extra_tokens_ms_mean,
         ) {
             (Some(e), Some(p), Some(t), Some(x)) => {
-                format!("{e:+.0} = {p:+.0} {t:+.0} {x:+.0}")
+                let ci = match (r.delta_e2e_ms_mean_ci_low, r.delta_e2e_ms_mean_ci_high) {
+                    (Some(lo), Some(hi)) => format!(" ({lo:+.0}, {hi:+.0})"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{e:+.0}{}{ci} = {p:+.0}{} {t:+.0}{} {x:+.0}{}",
+                    mark(r.delta_e2e_ms_mean_ci_low, r.delta_e2e_ms_mean_ci_high),
+                    mark(
+                        r.delta_prefill_ms_mean_ci_low,
+                        r.delta_prefill_ms_mean_ci_high
+                    ),
+                    mark(
+                        r.delta_per_token_ms_mean_ci_low,
+                        r.delta_per_token_ms_mean_ci_high
+                    ),
+                    mark(
+                        r.delta_extra_tokens_ms_mean_ci_low,
+                        r.delta_extra_tokens_ms_mean_ci_high
+                    ),
+                )
             }
             _ => "–".into(),
         };
@@ -274,6 +328,10 @@ pub fn markdown(a: &Analysis) -> String {
             f(r.kv_bytes_ratio, 3),
         );
     }
+    s.push_str(
+        "\nΔe2e: mean (95 % paired bootstrap interval); `~` marks a term whose interval holds 0 \
+         (not distinguishable from noise).\n",
+    );
     s
 }
 

@@ -96,6 +96,8 @@ struct Data {
     score_kv: Vec<(String, Vec<MethodPoint>)>,
     /// Per method: mean Δprefill, Δper-token, Δtokens over attributed samples of all tasks.
     latency: Vec<(String, [f64; 3])>,
+    /// Per method: the 95 % interval of the mean Δe2e (pooled over tasks).
+    latency_ci: HashMap<String, (f64, f64)>,
 }
 
 fn gather(a: &Analysis, samples: &[Sample]) -> Data {
@@ -172,6 +174,11 @@ fn gather(a: &Analysis, samples: &[Sample]) -> Data {
             all.push(m.clone());
         }
     }
+    let latency_ci = a
+        .latency
+        .iter()
+        .filter_map(|l| Some((l.method.clone(), (l.ci_low[0]?, l.ci_high[0]?))))
+        .collect();
     Data {
         short: short_names(&all),
         methods: all,
@@ -179,6 +186,7 @@ fn gather(a: &Analysis, samples: &[Sample]) -> Data {
         negatives,
         score_kv,
         latency,
+        latency_ci,
     }
 }
 
@@ -365,14 +373,17 @@ fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> P
     let n = d.latency.len();
     let mut lo: f64 = 0.0;
     let mut hi: f64 = 0.0;
-    for (_, parts) in &d.latency {
+    for (m, parts) in &d.latency {
         lo = lo.min(parts.iter().filter(|x| **x < 0.0).sum());
         hi = hi.max(parts.iter().filter(|x| **x > 0.0).sum());
+        if let Some(&(l, h)) = d.latency_ci.get(m) {
+            (lo, hi) = (lo.min(l), hi.max(h));
+        }
     }
     let pad = (hi - lo).max(1.0) * 0.1;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Mean Δe2e per sample = Δprefill + per-token speed + extra tokens (ms)",
+            "Mean Δe2e per sample = Δprefill + per-token speed + extra tokens (ms), 95 % interval",
             ("sans-serif", 20),
         )
         .margin(12)
@@ -380,10 +391,17 @@ fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> P
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..n.max(1) as f64, (lo - pad)..(hi + pad))
         .map_err(err)?;
+    // A method whose Δe2e interval holds 0 is marked as not distinguishable from noise.
     let names: Vec<String> = d
         .latency
         .iter()
-        .map(|(m, _)| d.short.get(m).cloned().unwrap_or_else(|| m.clone()))
+        .map(|(m, _)| {
+            let name = d.short.get(m).cloned().unwrap_or_else(|| m.clone());
+            match d.latency_ci.get(m) {
+                Some(&(l, h)) if l <= 0.0 && h >= 0.0 => format!("{name} (noise)"),
+                _ => name,
+            }
+        })
         .collect();
     chart
         .configure_mesh()
@@ -424,7 +442,7 @@ fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> P
             .label(*pname)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], pc.filled()));
     }
-    for (i, (_, parts)) in d.latency.iter().enumerate() {
+    for (i, (m, parts)) in d.latency.iter().enumerate() {
         let total: f64 = parts.iter().sum();
         chart
             .draw_series(std::iter::once(PathElement::new(
@@ -432,6 +450,20 @@ fn draw_latency<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Data) -> P
                 BLACK.stroke_width(2),
             )))
             .map_err(err)?;
+        if let Some(&(l, h)) = d.latency_ci.get(m) {
+            let x = i as f64 + 0.5;
+            let bar = [
+                vec![(x, l), (x, h)],
+                vec![(x - 0.08, l), (x + 0.08, l)],
+                vec![(x - 0.08, h), (x + 0.08, h)],
+            ];
+            chart
+                .draw_series(
+                    bar.into_iter()
+                        .map(|p| PathElement::new(p, BLACK.stroke_width(1))),
+                )
+                .map_err(err)?;
+        }
     }
     chart
         .draw_series(std::iter::once(PathElement::new(

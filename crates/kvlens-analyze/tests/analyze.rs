@@ -251,7 +251,7 @@ fn json_interface_shape_and_tables_on_disk() {
     let obj = v.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
     keys.sort();
-    assert_eq!(keys, ["negatives", "tasks"]);
+    assert_eq!(keys, ["latency", "negatives", "noise", "tasks"]);
     let negs = obj["negatives"].as_array().unwrap();
     // 2 methods + 1 joint set, 1 task, 3 thresholds.
     assert_eq!(negs.len(), 9);
@@ -272,8 +272,16 @@ fn json_interface_shape_and_tables_on_disk() {
         assert!(out.join(format!("{f}.csv")).exists(), "{f}.csv");
         assert!(out.join(format!("{f}.parquet")).exists(), "{f}.parquet");
     }
+    let noise: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("noise.json")).unwrap()).unwrap();
+    assert!(noise.get("noise").is_some() && noise["latency"].is_array());
     let csv = std::fs::read_to_string(out.join("tasks.csv")).unwrap();
     assert!(csv.starts_with("model,task,method,n,"));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .contains("delta_per_token_ms_mean_ci_low"));
     assert_eq!(csv.lines().count(), 4);
     let _: Value = v;
 }
@@ -329,4 +337,71 @@ fn heat_maps_of_failures_by_meta_are_drawn_per_task_with_the_counts() {
         assert!(n > 0, "{m}");
         assert!(text.contains(&format!(">\n{neg}/{n}\n<")), "{m}: {neg}/{n}");
     }
+}
+
+#[test]
+fn latency_terms_get_intervals_and_a_noisy_baseline_is_called_noise() {
+    // The baseline's per-token time varies by ±20 % around 10 ms at one prompt length; the
+    // method's prefill is 50 ms slower on every sample and its per-token time differs by
+    // ±0.5 ms in pairs that cancel: a real Δprefill, a per-token term that is noise.
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 9u64;
+    let mut unit = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    };
+    let mut v = Vec::new();
+    for i in 0..40 {
+        let t = 10.0 * (1.0 + 0.2 * unit());
+        let wobble = if i % 2 == 0 { 0.5 } else { -0.5 };
+        let mut b = s("qa", i, "full", 1.0);
+        (b.prefill, b.e2e) = (100.0, 100.0 + 10.0 * t);
+        let mut m = s("qa", i, "snapkv", 1.0);
+        (m.prefill, m.e2e) = (150.0, 150.0 + 10.0 * (t + wobble));
+        v.push(b);
+        v.push(m);
+    }
+    write_run(dir.path(), &v);
+    let samples = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    let a = analyze(&samples, &Options::default()).unwrap();
+    let r = a.rows.iter().find(|r| r.method == "snapkv").unwrap();
+    let (plo, phi) = (
+        r.delta_prefill_ms_mean_ci_low.unwrap(),
+        r.delta_prefill_ms_mean_ci_high.unwrap(),
+    );
+    assert!(
+        (plo - 50.0).abs() < 1e-9 && (phi - 50.0).abs() < 1e-9,
+        "{plo} {phi}"
+    );
+    let (tlo, thi) = (
+        r.delta_per_token_ms_mean_ci_low.unwrap(),
+        r.delta_per_token_ms_mean_ci_high.unwrap(),
+    );
+    assert!(tlo < 0.0 && thi > 0.0, "{tlo} {thi}");
+    // The table marks the per-token term (and only it, with the extra-token term of 0).
+    let md = output::markdown(&a);
+    let line = md.lines().find(|l| l.contains("snapkv")).unwrap();
+    assert!(line.contains("+50 +0~ +0~"), "{line}");
+    // The noise floor: pairs of like prompt length differ by about 2/3 of the ±20 %.
+    let n = a.noise.as_ref().expect("a noise floor");
+    assert!(n.relative_spread > 0.05 && n.relative_spread < 0.3, "{n:?}");
+    assert!(output::noise_sentence(&a).starts_with("Warning:"));
+    let j = output::json(&a);
+    assert!(j["noise"]["relative_spread"].as_f64().is_some());
+    let t = j["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["method"] == "snapkv")
+        .unwrap();
+    for k in ["e2e", "prefill", "per_token", "extra_tokens"] {
+        for side in ["low", "high"] {
+            let f = format!("delta_{k}_ms_mean_ci_{side}");
+            assert!(t[&f].as_f64().is_some(), "{f}");
+        }
+    }
+    let pooled = a.latency.iter().find(|l| l.method == "snapkv").unwrap();
+    assert_eq!(pooled.pairs, 40);
 }

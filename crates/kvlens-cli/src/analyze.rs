@@ -100,6 +100,7 @@ pub fn analyze(a: AnalyzeArgs) -> Result<()> {
             an.delta
         );
         print!("{}", output::markdown(&an));
+        println!("{}", output::noise_sentence(&an));
         let meta = output::meta_markdown(&an.by_meta);
         if !meta.is_empty() {
             println!(

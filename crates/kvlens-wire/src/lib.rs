@@ -287,11 +287,12 @@ mod tests {
     #[test]
     fn requests_keep_unknown_fields_and_round_trip() {
         let text = r#"{"model":"m","prompt":["a"],"max_tokens":4,"stop":"\n",
-                       "ignore_eos":true,"stream":true}"#;
+                       "ignore_eos":true,"min_tokens":2,"stream":true}"#;
         let r: CompletionRequest = serde_json::from_str(text).unwrap();
         assert_eq!(r.prompt, Some(Prompt::List(vec!["a".into()])));
         assert_eq!(r.stop.clone().map(Stop::into_vec), Some(vec!["\n".into()]));
-        assert_eq!(r.extra.get("ignore_eos"), Some(&Value::Bool(true)));
+        assert_eq!(r.ignore_eos, Some(true));
+        assert_eq!(r.extra.get("min_tokens"), Some(&Value::from(2)));
         let again: CompletionRequest =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(again, r);
