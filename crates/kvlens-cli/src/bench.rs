@@ -83,10 +83,12 @@ struct Row {
     kv_bytes_peak: usize,
     /// What one sequence's full cache holds at the end.
     kv_bytes_full: usize,
+    /// What one sequence's cache holds at the end (what its last decode steps read).
+    kv_bytes_end: usize,
     /// Peak cache bytes of the whole batch (the sum over sequences).
     kv_bytes_batch: usize,
     /// Bytes one decode step reads at the least: the weights once, and every sequence's cache
-    /// (at its peak).
+    /// as it is at the end.
     step_bytes: usize,
     /// The time those bytes take at this machine's measured memory bandwidth: the floor of a
     /// memory-bound step.
@@ -161,11 +163,12 @@ fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize)
         }
     }
     let mut peaks = Vec::new();
-    let mut full = 0;
+    let (mut full, mut end) = (0, 0);
     for r in done {
         let f = r.map_err(|e| anyhow::anyhow!("{}: {e}", spec.canonical()))?;
         peaks.push(f.generation.kv_bytes_peak);
         full = full.max(f.generation.kv_bytes_full);
+        end = end.max(f.generation.kv_bytes_end);
     }
     if steps_ms.is_empty() {
         bail!(
@@ -193,6 +196,7 @@ fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize)
         decode_ms_p50: p50,
         kv_bytes_peak: peaks.iter().copied().max().unwrap_or(0),
         kv_bytes_full: full,
+        kv_bytes_end: end,
         kv_bytes_batch: peaks.iter().sum(),
         step_bytes: 0,
         roofline_ms: 0.0,
@@ -234,7 +238,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let bandwidth = memory_bandwidth();
     let weights = model.transformer.weight_bytes();
     let roof = |mut r: Row| {
-        r.step_bytes = weights + r.kv_bytes_batch;
+        r.step_bytes = weights + r.batch * r.kv_bytes_end;
         r.roofline_ms = r.step_bytes as f64 / bandwidth * 1e3;
         r
     };
@@ -332,7 +336,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     println!(
         "\nRoofline: a decode step reads the weights once ({:.1} MB) and every sequence's \
-         cache; at this machine's measured memory bandwidth ({:.1} GB/s, a parallel read of \
+         cache (as it is at the end); at this machine's measured memory bandwidth ({:.1} GB/s, a parallel read of \
          1 GiB) that takes at least the floor below. Share = floor / measured median step: \
          near 1, the step is memory-bound; far below, compute (attention, selection, \
          dequantization) bounds it.\n",

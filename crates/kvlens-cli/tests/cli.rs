@@ -363,7 +363,7 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
             let bytes = |r: &serde_json::Value| r["step_bytes"].as_u64().unwrap();
             assert_eq!(
                 bytes(three) - bytes(one),
-                2 * one["kv_bytes_peak"].as_u64().unwrap()
+                2 * one["kv_bytes_end"].as_u64().unwrap()
             );
             assert!(three["roofline_ms"].as_f64().unwrap() > one["roofline_ms"].as_f64().unwrap());
             let peak = one["kv_bytes_peak"].as_u64().unwrap();
