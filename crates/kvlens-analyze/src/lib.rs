@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod load;
 pub mod output;
 pub mod plots;
+pub mod serving;
 pub mod stats;
 
 pub use analysis::{analyze, Analysis, Options, Rule};

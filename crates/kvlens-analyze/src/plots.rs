@@ -826,3 +826,189 @@ pub fn draw_throughput_all(
     }
     Ok(out)
 }
+
+/// One load point of `kvlens load`, as its plots need it.
+#[derive(Debug, Clone)]
+pub struct LoadPoint {
+    pub target: String,
+    /// The rate's label (`4`, `inf`).
+    pub rate: String,
+    /// Completed requests per second.
+    pub throughput: f64,
+    pub p50_e2el_ms: f64,
+    pub p99_e2el_ms: f64,
+    /// Every completed request's time to first token.
+    pub ttft_ms: Vec<f64>,
+}
+
+/// p50 (solid) and p99 (dashed) end-to-end latency against achieved request throughput, one
+/// curve per target.
+fn draw_load_latency<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    points: &[LoadPoint],
+) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let mut targets: Vec<&str> = Vec::new();
+    for p in points {
+        if !targets.contains(&p.target.as_str()) {
+            targets.push(&p.target);
+        }
+    }
+    let right = points.iter().map(|p| p.throughput).fold(0.0, f64::max) * 1.15 + 1e-9;
+    let top = points.iter().map(|p| p.p99_e2el_ms).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "End-to-end latency against achieved throughput (solid p50, dashed p99)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..right, 0.0..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("completed requests/s")
+        .y_desc("end-to-end latency (ms)")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    for (i, t) in targets.iter().enumerate() {
+        let c = color(i);
+        let mut mine: Vec<&LoadPoint> = points.iter().filter(|p| p.target == *t).collect();
+        mine.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+        let p50: Vec<(f64, f64)> = mine.iter().map(|p| (p.throughput, p.p50_e2el_ms)).collect();
+        let p99: Vec<(f64, f64)> = mine.iter().map(|p| (p.throughput, p.p99_e2el_ms)).collect();
+        chart
+            .draw_series(LineSeries::new(p50.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(t.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart
+            .draw_series(p50.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
+            .map_err(err)?;
+        chart
+            .draw_series(DashedLineSeries::new(p99.clone(), 6, 4, c.stroke_width(2)))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                p99.iter()
+                    .map(|&(x, y)| TriangleMarker::new((x, y), 4, c.filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// The distribution of time to first token: one panel per rate, one empirical CDF per target.
+fn draw_load_ttft<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    points: &[LoadPoint],
+) -> PlotResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            "Time to first token, per rate (share of requests at or below)",
+            ("sans-serif", 18),
+        )
+        .map_err(err)?;
+    let mut rates: Vec<&str> = Vec::new();
+    let mut targets: Vec<&str> = Vec::new();
+    for p in points {
+        if !rates.contains(&p.rate.as_str()) {
+            rates.push(&p.rate);
+        }
+        if !targets.contains(&p.target.as_str()) {
+            targets.push(&p.target);
+        }
+    }
+    let (rows, cols) = grid(rates.len());
+    let areas = root.split_evenly((rows, cols));
+    for (rate, area) in rates.iter().zip(areas.iter()) {
+        let mine: Vec<&LoadPoint> = points.iter().filter(|p| p.rate == *rate).collect();
+        let right = mine
+            .iter()
+            .flat_map(|p| p.ttft_ms.iter().copied())
+            .fold(1.0, f64::max)
+            * 1.05;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("rate {rate} req/s"), ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..right, 0.0..1.0)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("TTFT (ms)")
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        for (i, t) in targets.iter().enumerate() {
+            let Some(p) = mine.iter().find(|p| p.target == *t) else {
+                continue;
+            };
+            let mut v = p.ttft_ms.clone();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let n = v.len() as f64;
+            let mut line = vec![(0.0, 0.0)];
+            for (k, x) in v.iter().enumerate() {
+                line.push((*x, k as f64 / n));
+                line.push((*x, (k + 1) as f64 / n));
+            }
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(line, c.stroke_width(2)))
+                .map_err(err)?
+                .label(t.to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+/// `load_latency` (p50/p99 e2e latency against throughput) and `load_ttft` (TTFT
+/// distributions), PNG and SVG, into `dir`; the files written.
+pub fn draw_load_all(
+    points: &[LoadPoint],
+    dir: &Path,
+) -> std::result::Result<Vec<PathBuf>, String> {
+    ensure_font()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    both!(
+        dir,
+        "load_latency",
+        (900, 600),
+        draw_load_latency,
+        points,
+        out
+    );
+    let mut rates: Vec<&str> = points.iter().map(|p| p.rate.as_str()).collect();
+    rates.dedup();
+    let (r, c) = grid(rates.len().max(1));
+    let size = ((420 * c as u32 + 40).max(700), 320 * r as u32 + 60);
+    both!(dir, "load_ttft", size, draw_load_ttft, points, out);
+    Ok(out)
+}

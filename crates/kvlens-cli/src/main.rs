@@ -3,6 +3,7 @@
 mod analyze;
 mod bench;
 mod datasets;
+mod load;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -54,6 +55,11 @@ enum Command {
     /// Serve the engine behind the OpenAI API (/v1/chat/completions and /v1/completions,
     /// streaming included), one or several compression methods over the same weights.
     Serve(ServeArgs),
+    /// A serving benchmark that also scores every answer: open-loop arrivals (Poisson, gamma
+    /// or all at once) against OpenAI-compatible servers (vLLM, SGLang, llama.cpp, kvlens
+    /// serve), TTFT/TPOT/ITL/e2e percentiles with vLLM's names, goodput, and each target's
+    /// score against the baseline's at the same rate.
+    Load(load::LoadArgs),
     /// Turn results made elsewhere into kvlens records.
     Import {
         #[command(subcommand)]
@@ -335,6 +341,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => analyze::inspect(a),
         Command::Import { command } => analyze::import(command),
         Command::Serve(a) => serve(a),
+        Command::Load(a) => load::load(a),
         Command::Methods => {
             print!("{}", methods_text());
             Ok(())

@@ -397,6 +397,7 @@ mod tests {
                 weights: "q4_1".into(),
                 weight_kernels: String::new(),
             },
+            noise: None,
         };
         let run_toml = dir.path().join("run.toml");
         std::fs::write(&run_toml, toml::to_string_pretty(&file).unwrap()).unwrap();

@@ -87,9 +87,43 @@ pub struct Record {
     /// Where a method served elsewhere ran, and which numbers came from the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served: Option<Served>,
+    /// The load point a request of `kvlens load` belonged to, and how it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadInfo>,
     /// Set when the sample failed; the other fields then hold what was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One request of a load point (`kvlens load`): when it was due, when it went out, and the
+/// gaps between the pieces of its stream. Times in ms from the start of the load point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadInfo {
+    /// The load point's folder name, e.g. `rate=4`.
+    pub point: String,
+    /// Requests per second (a number), or `inf`.
+    pub request_rate: Value,
+    pub burstiness: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// The request's place in the schedule (0-based).
+    pub index: usize,
+    /// When the schedule said to send it.
+    pub scheduled_ms: f64,
+    /// When it was sent (after waiting for a slot under `--max-concurrency`).
+    pub sent_ms: f64,
+    /// How late the client itself was to send it, not counting the wait for a slot: the
+    /// client falling behind its own schedule.
+    pub late_ms: f64,
+    /// The wait for a slot under `--max-concurrency`.
+    pub slot_wait_ms: f64,
+    /// When the answer was complete (or the request failed).
+    pub done_ms: f64,
+    /// Gaps between the pieces of text of the stream after the first (inter-token latency).
+    pub itl_ms: Vec<f64>,
+    /// Time this process spent on the request itself (writing the body, parsing the stream,
+    /// building the record), not waiting on the server.
+    pub client_ms: f64,
 }
 
 /// How a record of a remote method was measured.

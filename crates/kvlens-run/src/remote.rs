@@ -124,6 +124,9 @@ impl Remote {
             },
         };
         let agent = ureq::AgentBuilder::new()
+            // Keep-alive for every request a load point has in flight, not only one per host.
+            .max_idle_connections(1024)
+            .max_idle_connections_per_host(1024)
             .timeout_connect(Duration::from_secs_f64(self.timeout_s.min(30.0)))
             .timeout(Duration::from_secs_f64(self.timeout_s))
             .build();
@@ -178,6 +181,9 @@ pub struct Reply {
     /// `kvlens serve`'s own measurements (cache bytes, method).
     pub kvlens: Option<Stats>,
     pub attempts: u32,
+    /// Time spent here on the request itself (writing the body, parsing the stream's events),
+    /// not waiting on the server.
+    pub client_ms: f64,
 }
 
 /// Why an attempt failed.
@@ -244,8 +250,10 @@ impl Client {
     /// otherwise. `rendered` is the chat prompt rendered here, for a chat task sent to
     /// `/completions`.
     pub fn complete(&self, req: &Request, rendered: Option<&str>) -> Result<Reply, String> {
+        let t = Instant::now();
         let body = serde_json::to_string(&self.body(req, rendered))
             .map_err(|e| format!("writing the request: {e}"))?;
+        let body_ms = ms(t, Instant::now());
         let mut wait = Duration::from_millis(self.remote.backoff_ms);
         let mut attempt = 0;
         loop {
@@ -253,6 +261,7 @@ impl Client {
             match self.attempt(req.chat, &body) {
                 Ok(mut r) => {
                     r.attempts = attempt;
+                    r.client_ms += body_ms;
                     return Ok(r);
                 }
                 Err(f) => {
@@ -270,6 +279,26 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The first model id the server's `GET /models` lists (what a request names when no
+    /// model is given).
+    pub fn first_model(&self) -> Result<String, String> {
+        let url = format!("{}/models", self.url);
+        let mut call = self.agent.get(&url);
+        if let Some(k) = &self.key {
+            call = call.set("Authorization", &format!("Bearer {k}"));
+        }
+        let resp = call
+            .call()
+            .map_err(|e| self.redact(&format!("{url}: {e}")))?;
+        let list: kvlens_wire::ModelList = resp
+            .into_json()
+            .map_err(|e| format!("{url}: not a model list: {e}"))?;
+        list.data
+            .first()
+            .map(|m| m.id.clone())
+            .ok_or_else(|| format!("{url} lists no model; give one with model=NAME"))
     }
 
     /// The key never leaves this process in a message, whatever a server echoes.
@@ -358,7 +387,7 @@ impl Client {
                 )
             })?;
             let mut st = Stream::default();
-            st.event(&v, start, &url)?;
+            st.event(&v, start, &url, Instant::now())?;
             st.finish(start, &url)
         }
     }
@@ -384,7 +413,14 @@ struct Stream {
 }
 
 impl Stream {
-    fn event(&mut self, v: &Completion, start: Instant, url: &str) -> Result<(), Failure> {
+    /// One event, `at` the moment its bytes were read off the connection (before parsing).
+    fn event(
+        &mut self,
+        v: &Completion,
+        start: Instant,
+        url: &str,
+        at: Instant,
+    ) -> Result<(), Failure> {
         self.events += 1;
         if let Some(e) = &v.error {
             return Err(fail(
@@ -395,7 +431,7 @@ impl Stream {
         if let Some(choice) = v.choices.first() {
             let piece = choice.piece();
             if !piece.is_empty() {
-                let now = Instant::now();
+                let now = at;
                 match self.last {
                     None => {
                         self.first = Some(now);
@@ -458,6 +494,8 @@ fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<R
     let mut st = Stream::default();
     let mut line = String::new();
     let mut data = String::new();
+    // When the current event's first data line came off the connection.
+    let mut data_at = Instant::now();
     loop {
         line.clear();
         let n = reader.read_line(&mut line).map_err(|e| {
@@ -473,6 +511,7 @@ fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<R
                 true,
             )
         })?;
+        let read_at = Instant::now();
         let l = line.trim_end_matches(['\r', '\n']);
         if n == 0 || l.is_empty() {
             // An event ends at a blank line (or at the end of the body).
@@ -495,7 +534,8 @@ fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<R
                         false,
                     )
                 })?;
-                st.event(&v, start, url)?;
+                st.event(&v, start, url, data_at)?;
+                st.reply.client_ms += ms(read_at, Instant::now());
                 data.clear();
             }
             if n == 0 {
@@ -504,7 +544,9 @@ fn read_stream(reader: &mut impl BufRead, start: Instant, url: &str) -> Result<R
             continue;
         }
         if let Some(d) = l.strip_prefix("data:") {
-            if !data.is_empty() {
+            if data.is_empty() {
+                data_at = read_at;
+            } else {
                 data.push('\n');
             }
             data.push_str(d.strip_prefix(' ').unwrap_or(d));

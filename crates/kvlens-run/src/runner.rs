@@ -257,6 +257,32 @@ pub fn prompt_hash(text: &str) -> String {
 pub struct RunFile {
     pub config: RunConfig,
     pub provenance: Provenance,
+    /// How much the baseline's timing varied while the run went (written when it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<RunNoise>,
+}
+
+/// The noise floor of a run's timings as `run.toml` keeps it (see `kvlens analyze`'s
+/// `noise`): the median relative difference of the baseline's per-token time between samples
+/// of like prompt length.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RunNoise {
+    pub relative_spread: f64,
+    pub pairs: usize,
+    pub how: String,
+}
+
+/// Adds the run's noise floor to its `run.toml` (atomically; the rest unchanged).
+pub fn record_noise(out: &Path, noise: RunNoise) -> Result<()> {
+    let path = out.join("run.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
+    let mut file: RunFile = toml::from_str(&text).map_err(|e| RunError::Config {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    file.noise = Some(noise);
+    let text = toml::to_string_pretty(&file).map_err(|e| RunError::Invalid(e.to_string()))?;
+    crate::store::write_text_atomic(&path, &text)
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -326,6 +352,7 @@ pub fn write_run_file(out: &Path, cfg: &RunConfig, prov: &Provenance) -> Result<
     let file = RunFile {
         config: cfg.clone(),
         provenance: prov.clone(),
+        noise: None,
     };
     let text = toml::to_string_pretty(&file).map_err(|e| RunError::Invalid(e.to_string()))?;
     let tmp = out.join(".run.toml.tmp");
@@ -357,7 +384,7 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
     }
 }
 
-fn sample_seed(seed: u64, task: &str, id: &str) -> u64 {
+pub fn sample_seed(seed: u64, task: &str, id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in task.bytes().chain([0]).chain(id.bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
@@ -422,7 +449,6 @@ pub fn execute(
         .iter()
         .map(|(n, r)| r.prepare(n).map_err(RunError::Invalid))
         .collect::<Result<_>>()?;
-    let tok = Tok(model);
     let mut outcome = Outcome::default();
     let loop_start = Instant::now();
     let names = plan.method_names();
@@ -498,49 +524,19 @@ pub fn execute(
             .unwrap_or_else(|| context.saturating_sub(max_new + 64));
         obs.task(&spec_t.name, todo);
         let blank = |i: usize, j: usize| {
-            let sample = &pt.task.samples[i];
-            Record {
-                run_id: run_id.clone(),
-                model: match j.checked_sub(n_local) {
-                    None => model.name.clone(),
-                    Some(r) => plan.remote[r].1.model.clone(),
-                },
-                task: spec_t.name.clone(),
-                sample_id: sample.id.clone(),
-                method: names[j].clone(),
-                prompt_hash: String::new(),
-                prompt_tokens: 0,
-                truncated: false,
-                output_text: String::new(),
-                output_tokens: 0,
-                finish_reason: None,
-                max_new_tokens: max_new,
-                prefill_ms: 0.0,
-                ttft_ms: 0.0,
-                decode_ms: 0.0,
-                e2e_ms: 0.0,
-                decode_ms_p50: 0.0,
-                decode_ms_p90: 0.0,
-                decode_ms_max: 0.0,
-                prefill_shared: false,
-                batch: cfg.batch.max(1),
-                queue_ms: 0.0,
-                preemptions: 0,
-                kv_bytes_peak: 0,
-                kv_bytes_end: 0,
-                kv_bytes_full: 0,
-                kv_tokens_kept: 0.0,
-                answers: sample.answers.clone(),
-                all_classes: sample.all_classes.clone(),
-                first_line: spec_t.first_line,
-                metric: Some(spec_t.metric),
-                score: None,
-                pass: None,
-                pass_rule: None,
-                meta: sample.meta.clone(),
-                served: None,
-                error: None,
-            }
+            let model_name = match j.checked_sub(n_local) {
+                None => model.name.as_str(),
+                Some(r) => plan.remote[r].1.model.as_str(),
+            };
+            blank_record(
+                &run_id,
+                model_name,
+                spec_t,
+                &pt.task.samples[i],
+                &names[j],
+                max_new,
+                cfg.batch.max(1),
+            )
         };
         let finish = |row: &mut Vec<RecordFile>,
                       obs: &mut dyn Observer,
@@ -557,21 +553,7 @@ pub fn execute(
             obs.record(&r);
             Ok(())
         };
-        let prepare = |i: usize| -> std::result::Result<(Prompt, Vec<u32>), String> {
-            if max_prompt == 0 {
-                return Err(format!(
-                    "the model's context of {context} tokens leaves no room for a prompt \
-                     before {max_new} new tokens"
-                ));
-            }
-            let p = spec_t
-                .prompt(&pt.task.samples[i], &tok, max_prompt)
-                .map_err(|e| e.to_string())?;
-            let ids = model
-                .encode_prompt(&p.text, p.chat)
-                .map_err(|e| e.to_string())?;
-            Ok((p, ids))
-        };
+        let prepare = |i: usize| prepare_prompt(model, spec_t, &pt.task.samples[i], max_prompt);
         let seed_of = |i: usize| sample_seed(cfg.seed, &spec_t.name, &pt.task.samples[i].id);
 
         // Methods served elsewhere: every pending request of this task, in flight together.
@@ -604,14 +586,7 @@ pub fn execute(
                 .into_iter()
                 .map(|(i, j, p)| {
                     let c = &clients[j - n_local];
-                    let rendered = (p.0.chat && c.remote.endpoint == remote::Endpoint::Completions)
-                        .then(|| {
-                            model.template.as_ref().and_then(|t| {
-                                t.render(&[kvlens_engine::Message::user(p.0.text.clone())])
-                                    .ok()
-                            })
-                        })
-                        .flatten();
+                    let rendered = render_chat(model, &p.0, c.remote.endpoint);
                     RemoteJob {
                         i,
                         j,
@@ -635,7 +610,7 @@ pub fn execute(
                 |job: RemoteJob, reply: std::result::Result<remote::Reply, String>| -> Result<()> {
                     let mut r = blank(job.i, job.j);
                     let c = &clients[job.j - n_local];
-                    fill_remote(&mut r, &job, reply, c, model);
+                    fill_remote(&mut r, &job.prepared, reply, c, model);
                     finish(row, obs, job.j, r, &mut outcome)
                 };
             send_all(requests, &clients, n_local, cfg.concurrency, &mut sink)?;
@@ -1029,14 +1004,14 @@ fn send_all(
 
 /// A remote reply as a record: the text and the times measured here; token counts and cache
 /// bytes where the server gave them (else counted with the run's tokenizer, or absent).
-fn fill_remote(
+pub fn fill_remote(
     r: &mut Record,
-    job: &RemoteJob,
+    prepared: &(Prompt, Vec<u32>),
     reply: std::result::Result<remote::Reply, String>,
     c: &Client,
     model: &Model,
 ) {
-    let (p, ids) = &*job.prepared;
+    let (p, ids) = prepared;
     r.prompt_hash = prompt_hash(&p.text);
     r.prompt_tokens = ids.len();
     r.truncated = p.truncated;
@@ -1100,6 +1075,95 @@ fn fill_remote(
         .into(),
         attempts: reply.attempts,
     });
+}
+
+/// A record of `sample` under `method` before anything ran: identity, limits and what scoring
+/// needs.
+pub fn blank_record(
+    run_id: &str,
+    model: &str,
+    spec_t: &kvlens_tasks::TaskSpec,
+    sample: &kvlens_tasks::Sample,
+    method: &str,
+    max_new: usize,
+    batch: usize,
+) -> Record {
+    Record {
+        run_id: run_id.to_string(),
+        model: model.to_string(),
+        task: spec_t.name.clone(),
+        sample_id: sample.id.clone(),
+        method: method.to_string(),
+        prompt_hash: String::new(),
+        prompt_tokens: 0,
+        truncated: false,
+        output_text: String::new(),
+        output_tokens: 0,
+        finish_reason: None,
+        max_new_tokens: max_new,
+        prefill_ms: 0.0,
+        ttft_ms: 0.0,
+        decode_ms: 0.0,
+        e2e_ms: 0.0,
+        decode_ms_p50: 0.0,
+        decode_ms_p90: 0.0,
+        decode_ms_max: 0.0,
+        prefill_shared: false,
+        batch,
+        queue_ms: 0.0,
+        preemptions: 0,
+        kv_bytes_peak: 0,
+        kv_bytes_end: 0,
+        kv_bytes_full: 0,
+        kv_tokens_kept: 0.0,
+        answers: sample.answers.clone(),
+        all_classes: sample.all_classes.clone(),
+        first_line: spec_t.first_line,
+        metric: Some(spec_t.metric),
+        score: None,
+        pass: None,
+        pass_rule: None,
+        meta: sample.meta.clone(),
+        served: None,
+        load: None,
+        error: None,
+    }
+}
+
+/// The prompt of `sample` as the task builds it (truncated to `max_prompt` tokens) and its
+/// token ids as the model's engine sees them (chat template applied when the task asks).
+pub fn prepare_prompt(
+    model: &Model,
+    spec_t: &kvlens_tasks::TaskSpec,
+    sample: &kvlens_tasks::Sample,
+    max_prompt: usize,
+) -> std::result::Result<(Prompt, Vec<u32>), String> {
+    if max_prompt == 0 {
+        return Err(format!(
+            "the model's context of {} tokens leaves no room for a prompt before the new \
+             tokens",
+            model.config().context
+        ));
+    }
+    let p = spec_t
+        .prompt(sample, &Tok(model), max_prompt)
+        .map_err(|e| e.to_string())?;
+    let ids = model
+        .encode_prompt(&p.text, p.chat)
+        .map_err(|e| e.to_string())?;
+    Ok((p, ids))
+}
+
+/// The chat prompt rendered with the model's template, for a chat task sent to a server's
+/// `/completions` (which applies no template).
+pub fn render_chat(model: &Model, p: &Prompt, endpoint: remote::Endpoint) -> Option<String> {
+    if !(p.chat && endpoint == remote::Endpoint::Completions) {
+        return None;
+    }
+    model.template.as_ref().and_then(|t| {
+        t.render(&[kvlens_engine::Message::user(p.text.clone())])
+            .ok()
+    })
 }
 
 /// Runs one engine call, adding its time to the engine's; a panic inside it becomes an error

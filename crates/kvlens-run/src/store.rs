@@ -181,6 +181,18 @@ pub fn write_atomic(path: &Path, records: &[Record]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
 }
 
+/// Replaces `path` by `text` through a temporary file and a rename (creating its folder).
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, text).map_err(|e| RunError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
+}
+
 /// Every record file under a run folder (any `.jsonl` below it), sorted.
 pub fn record_files(run: &Path) -> Result<Vec<PathBuf>> {
     if !run.is_dir() {

@@ -33,6 +33,7 @@ fn rec(task: &str, id: &str, method: &str) -> Record {
         queue_ms: 0.0,
         preemptions: 0,
         served: None,
+        load: None,
         kv_bytes_peak: 1000,
         kv_bytes_end: 1000,
         kv_bytes_full: 1000,

@@ -22,7 +22,8 @@ struct InFlight(Arc<App>);
 
 impl InFlight {
     fn new(app: &Arc<App>) -> Self {
-        app.in_flight.fetch_add(1, Ordering::SeqCst);
+        let now = app.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        app.max_in_flight.fetch_max(now, Ordering::SeqCst);
         Self(app.clone())
     }
 }

@@ -127,6 +127,8 @@ struct App {
     api_key: Option<String>,
     ids: AtomicU64,
     in_flight: AtomicUsize,
+    /// The most completion requests in flight at once since the server started.
+    max_in_flight: AtomicUsize,
 }
 
 impl App {
@@ -274,6 +276,7 @@ impl Server {
                 api_key: opts.api_key,
                 ids: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
             }),
             max_connections: opts.max_connections.max(1),
             header_timeout: opts.header_timeout,
@@ -457,8 +460,15 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-async fn health() -> Response {
-    Json(serde_json::json!({"status": "ok"})).into_response()
+/// `status`, and the completion requests in flight now and at most so far (what a load
+/// test checks its concurrency limit against, counted here on the server's side).
+async fn health(State(app): State<Arc<App>>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "requests_in_flight": app.in_flight.load(Ordering::SeqCst),
+        "max_requests_in_flight": app.max_in_flight.load(Ordering::SeqCst),
+    }))
+    .into_response()
 }
 
 async fn models(State(app): State<Arc<App>>) -> Response {
