@@ -6,7 +6,8 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvlens_engine::{LoadOptions, Model};
 use kvlens_run::runner::{
-    execute, hash_model_files, lock_folder, write_run_file, Observer, Plan, Provenance,
+    execute, hash_model_files, lock_folder, record_noise, write_run_file, Observer, Plan,
+    Provenance, RunNoise,
 };
 use kvlens_run::{Record, RunConfig};
 use kvlens_tasks::DataDirs;
@@ -333,6 +334,41 @@ pub fn run(a: RunArgs) -> Result<()> {
         outcome.engine_ms / 1e3,
         outcome.overhead_percent()
     );
+    // The noise floor of the baseline's timings, into run.toml and the summary.
+    if let Ok(samples) = kvlens_analyze::load_runs(std::slice::from_ref(&out)) {
+        let base = if plan.methods.iter().any(|s| s.canonical() == "full") {
+            "full".to_string()
+        } else {
+            plan.method_names().first().cloned().unwrap_or_default()
+        };
+        match kvlens_analyze::analysis::noise_floor(&samples, &base) {
+            Some(n) => {
+                let pct = 100.0 * n.relative_spread;
+                let warn = if n.relative_spread > kvlens_analyze::analysis::NOISY {
+                    " — above 10 %: latency differences of that size are noise (use --threads, \
+                     a quieter machine, more samples)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "kvlens: noise floor: {base}'s per-token time varies by {pct:.1} % between \
+                     samples of like prompt length ({} pairs){warn}",
+                    n.pairs
+                );
+                record_noise(
+                    &out,
+                    RunNoise {
+                        relative_spread: n.relative_spread,
+                        pairs: n.pairs,
+                        how: n.how,
+                    },
+                )?;
+            }
+            None => eprintln!(
+                "kvlens: noise floor: too few baseline samples of like prompt length to measure it"
+            ),
+        }
+    }
     // The records are written; an analysis that cannot run (no baseline among the methods)
     // is a note, not a failure of the run.
     if let Err(e) = print_summary(&out) {

@@ -112,6 +112,16 @@ fn a_killed_run_resumes_with_every_record_once_and_shards_merge_to_the_same() {
     let want = records(&clean);
     assert_eq!(want.keys().cloned().collect::<BTreeSet<_>>(), expected);
     assert!(want.values().all(|(_, err)| !err));
+    // run.toml keeps the noise floor of the baseline's timings, measured over the run.
+    let run_toml: toml::Table =
+        toml::from_str(&std::fs::read_to_string(clean.join("run.toml")).unwrap()).unwrap();
+    let noise = run_toml
+        .get("noise")
+        .and_then(|n| n.as_table())
+        .unwrap_or_else(|| panic!("no [noise] in run.toml: {run_toml}"));
+    assert!(noise["pairs"].as_integer().unwrap() >= 3, "{noise}");
+    let spread = noise["relative_spread"].as_float().unwrap();
+    assert!(spread.is_finite() && spread >= 0.0, "{noise}");
 
     // Killed after a few records, with a torn line added, then resumed twice.
     let resumed = tmp.path().join("resumed");
