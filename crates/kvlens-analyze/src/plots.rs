@@ -842,7 +842,7 @@ pub struct LoadPoint {
 }
 
 /// p50 (solid) and p99 (dashed) end-to-end latency against achieved request throughput, one
-/// curve per target.
+/// curve per target through its rates in the order given.
 fn draw_load_latency<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     points: &[LoadPoint],
@@ -870,13 +870,14 @@ fn draw_load_latency<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("completed requests/s")
         .y_desc("end-to-end latency (ms)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(err)?;
     for (i, t) in targets.iter().enumerate() {
         let c = color(i);
-        let mut mine: Vec<&LoadPoint> = points.iter().filter(|p| p.target == *t).collect();
-        mine.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+        // In rate order, as the points come: achieved throughput need not grow with the rate.
+        let mine: Vec<&LoadPoint> = points.iter().filter(|p| p.target == *t).collect();
         let p50: Vec<(f64, f64)> = mine.iter().map(|p| (p.throughput, p.p50_e2el_ms)).collect();
         let p99: Vec<(f64, f64)> = mine.iter().map(|p| (p.throughput, p.p99_e2el_ms)).collect();
         chart
@@ -949,6 +950,8 @@ fn draw_load_ttft<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("TTFT (ms)")
+            .x_labels(6)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 11))
             .draw()
             .map_err(err)?;
