@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod error;
+pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod load;

@@ -405,3 +405,35 @@ fn latency_terms_get_intervals_and_a_noisy_baseline_is_called_noise() {
     let pooled = a.latency.iter().find(|l| l.method == "snapkv").unwrap();
     assert_eq!(pooled.pairs, 40);
 }
+
+/// The study's extractor: the bar is the task's mean baseline score (here 0.475; the median is
+/// 0.425), and a score exactly at b·(1 − δ) is negative.
+#[test]
+fn the_paper_mean_rule_uses_the_mean_and_keeps_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = [1.0, 1.0, 0.4, 0.0, 0.0, 0.45];
+    let m = [0.9, 1.0, 0.0, 0.0, 0.0, 0.0];
+    let mut v = Vec::new();
+    for i in 0..b.len() {
+        v.push(s("qa", i, "full", b[i]));
+        v.push(s("qa", i, "snapkv:budget=64", m[i]));
+    }
+    write_run(dir.path(), &v);
+    let samples = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    let negatives = |rule: Rule| -> Vec<String> {
+        let a = analyze(&samples, &opts(rule, &[10.0])).unwrap();
+        let mut ids: Vec<String> = a
+            .flags
+            .iter()
+            .filter(|f| f.negative)
+            .map(|f| f.sample_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Mean 0.475: s0 (m = 0.9 = 1.0 × 0.9, at the bound) only; 0.45 and 0.4 are below it.
+    assert_eq!(negatives(Rule::PaperMean), vec!["s0"]);
+    // The median, 0.425, lets s5 in (and still not s2, at 0.4).
+    assert_eq!(negatives(Rule::Paper), vec!["s0", "s5"]);
+    assert_eq!("paper-mean".parse::<Rule>(), Ok(Rule::PaperMean));
+}

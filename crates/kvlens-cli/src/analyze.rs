@@ -14,7 +14,9 @@ pub struct AnalyzeArgs {
     /// The baseline method (default: `full`, else `hf` for imported paper files).
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Negative-sample rule: `paper` (MLSys 2025, as published) or `default` (also b > 0).
+    /// Negative-sample rule: `paper` (MLSys 2025, as published), `default` (also b > 0), or
+    /// `paper-mean` (the task's mean baseline score as the bar, as the study's extractor that
+    /// built its released benchmark files).
     #[arg(long, default_value = "default")]
     pub rule: Rule,
     /// Thresholds δ in percent.
@@ -96,6 +98,7 @@ pub fn analyze(a: AnalyzeArgs) -> Result<()> {
             match an.rule {
                 Rule::Default => "default (b ≥ median, b > 0)",
                 Rule::Paper => "paper (b ≥ median)",
+                Rule::PaperMean => "paper-mean (b ≥ mean, the study's extractor)",
             },
             an.delta
         );
@@ -234,5 +237,86 @@ pub fn import(c: ImportCommand) -> Result<()> {
         ImportCommand::ScoreFiles { dir, out } => import::score_files(dir, out)?,
     };
     println!("{} records in {} files", done.records, done.files.len());
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum NegativesCommand {
+    /// Write the samples the baseline answers well and the methods break as a task set that
+    /// `kvlens run --tasks DIR` runs again (the study's negative-sample benchmark):
+    /// DIR/<task>.toml and .jsonl (original fields, answers, meta with the baseline's output
+    /// and score) and DIR/manifest.json (source run, rule, δ, methods, the ids per task).
+    Export {
+        /// The run folder.
+        run: PathBuf,
+        /// The folder of the task set.
+        #[arg(long)]
+        out: PathBuf,
+        /// The baseline method, as `kvlens analyze` chooses it (default: full).
+        #[arg(long)]
+        baseline: Option<String>,
+        /// `default` (b ≥ median, b > 0), `paper` (b ≥ median, as published) or `paper-mean`
+        /// (b ≥ the task's mean, the study's extractor).
+        #[arg(long, default_value = "default")]
+        rule: Rule,
+        /// δ in percent: a method's score at most b·(1 − δ/100) is a failure.
+        #[arg(long, default_value_t = 10.0)]
+        delta: f64,
+        /// Only the samples negative for every method of this set (`A+B`, names as the
+        /// records spell them); default: negative for any method.
+        #[arg(long)]
+        joint: Option<String>,
+        /// Folder of the shipped task sets (default: ./datasets, or KVLENS_DATASETS).
+        #[arg(long)]
+        datasets: Option<PathBuf>,
+    },
+}
+
+pub fn negatives(c: NegativesCommand) -> Result<()> {
+    let NegativesCommand::Export {
+        run,
+        out,
+        baseline,
+        rule,
+        delta,
+        joint,
+        datasets,
+    } = c;
+    if !(delta > 0.0 && delta < 100.0) {
+        anyhow::bail!("--delta {delta}: give a percentage between 0 and 100 (10 means 10 %)");
+    }
+    let dirs = match &datasets {
+        Some(d) => kvlens_tasks::DataDirs {
+            shipped: d.clone(),
+            longbench: d.join("longbench"),
+        },
+        None => kvlens_tasks::DataDirs::discover(),
+    };
+    let opts = kvlens_analyze::Options {
+        baseline,
+        rule,
+        thresholds: vec![delta],
+        joint: Vec::new(),
+        delta,
+        ..kvlens_analyze::Options::default()
+    };
+    let e = kvlens_analyze::export::export_negatives(&run, &out, &opts, joint.as_deref(), &dirs)
+        .with_context(|| format!("exporting the negatives of {}", run.display()))?;
+    let total: usize = e.ids.values().map(Vec::len).sum();
+    for (task, ids) in &e.ids {
+        eprintln!("kvlens: {task}: {} negatives", ids.len());
+    }
+    for t in &e.without_samples {
+        eprintln!(
+            "kvlens: {t}: its samples were not found (no run.toml task for it); the manifest \
+             lists its ids only"
+        );
+    }
+    eprintln!(
+        "kvlens: {total} samples in {} tasks → {} (run them: kvlens run --tasks {})",
+        e.ids.len(),
+        out.display(),
+        out.display()
+    );
     Ok(())
 }

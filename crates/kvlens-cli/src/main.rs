@@ -60,6 +60,12 @@ enum Command {
     /// serve), TTFT/TPOT/ITL/e2e percentiles with vLLM's names, goodput, and each target's
     /// score against the baseline's at the same rate.
     Load(load::LoadArgs),
+    /// The negative-sample benchmark: export the samples a run's methods break as a task set
+    /// to run again.
+    Negatives {
+        #[command(subcommand)]
+        command: analyze::NegativesCommand,
+    },
     /// Turn results made elsewhere into kvlens records.
     Import {
         #[command(subcommand)]
@@ -342,6 +348,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { command } => analyze::import(command),
         Command::Serve(a) => serve(a),
         Command::Load(a) => load::load(a),
+        Command::Negatives { command } => analyze::negatives(command),
         Command::Methods => {
             print!("{}", methods_text());
             Ok(())

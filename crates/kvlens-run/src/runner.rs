@@ -87,7 +87,30 @@ impl Plan {
         let mut wanted: std::collections::HashSet<&str> =
             cfg.samples.iter().map(String::as_str).collect();
         let mut folders = std::collections::HashMap::new();
+        // A folder of task specs (an exported negative-sample benchmark, say) is every
+        // `.toml` in it, in name order.
+        let mut args: Vec<String> = Vec::new();
         for t in &cfg.tasks {
+            let p = Path::new(t.trim());
+            if p.is_dir() {
+                let mut specs: Vec<String> = std::fs::read_dir(p)
+                    .map_err(|e| RunError::io(p, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                    .map(|f| f.display().to_string())
+                    .collect();
+                specs.sort();
+                if specs.is_empty() {
+                    return Err(RunError::Invalid(format!(
+                        "--tasks {t}: the folder holds no task spec (.toml)"
+                    )));
+                }
+                args.extend(specs);
+            } else {
+                args.push(t.clone());
+            }
+        }
+        for t in &args {
             let task = kvlens_tasks::registry::load(t, dirs)?;
             let name = &task.spec.name;
             let folder = file_safe(name);
