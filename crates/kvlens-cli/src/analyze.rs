@@ -42,9 +42,16 @@ pub struct AnalyzeArgs {
     /// Skip the plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// Also write the negatives (at --delta, under --rule; with --joint, those of the first
+    /// set) as a task set in this folder, as `kvlens negatives export` does. One run folder.
+    #[arg(long, value_name = "DIR")]
+    pub export_negatives: Option<PathBuf>,
 }
 
 pub fn analyze(a: AnalyzeArgs) -> Result<()> {
+    if a.export_negatives.is_some() && a.results.len() != 1 {
+        bail!("--export-negatives reads one run folder; give one");
+    }
     if a.thresholds.is_empty() || a.thresholds.iter().any(|t| !t.is_finite()) {
         bail!("--thresholds must be numbers (percent)");
     }
@@ -112,6 +119,23 @@ pub fn analyze(a: AnalyzeArgs) -> Result<()> {
             );
             print!("{meta}");
         }
+    }
+    if let Some(dir) = &a.export_negatives {
+        let e = kvlens_analyze::export::export_negatives(
+            &a.results[0],
+            dir,
+            &opts,
+            a.joint.first().map(String::as_str),
+            &kvlens_tasks::DataDirs::discover(),
+        )
+        .with_context(|| format!("exporting the negatives into {}", dir.display()))?;
+        eprintln!(
+            "kvlens: {} negatives in {} tasks → {} (run them: kvlens run --tasks {})",
+            e.ids.values().map(Vec::len).sum::<usize>(),
+            e.ids.len(),
+            dir.display(),
+            dir.display()
+        );
     }
     let missing_b = an
         .missing

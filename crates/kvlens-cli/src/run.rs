@@ -23,8 +23,9 @@ pub struct RunArgs {
     /// `default`, a .gguf file, a Hugging Face folder, or hf:ORG/NAME.
     #[arg(long)]
     model: Option<String>,
-    /// Tasks, comma-separated: built-in names (`kvlens datasets list`), NAME=FILE, or task
-    /// spec .toml files. Default: the default suite.
+    /// Tasks, comma-separated: built-in names (`kvlens datasets list`), NAME=FILE, task spec
+    /// .toml files, or a folder of them (an exported negative-sample set). Default: the
+    /// default suite.
     #[arg(long)]
     tasks: Option<String>,
     /// Method specs, comma-separated (`key=value` items continue the previous spec); `full`
@@ -410,6 +411,7 @@ pub fn print_summary(out: &Path) -> Result<()> {
         bootstrap: 1000,
         seed: 0,
         no_plots: false,
+        export_negatives: None,
     })
 }
 

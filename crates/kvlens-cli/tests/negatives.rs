@@ -191,6 +191,24 @@ fn negatives_export_as_a_task_set_that_runs_again_to_the_same_records() {
         serde_json::from_str(&std::fs::read_to_string(joint.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(m2["tasks"], manifest["tasks"]);
+    // `kvlens analyze --export-negatives` writes the same set.
+    let via = tmp.path().join("via_analyze");
+    ok(cmd(&[
+        "analyze",
+        run.to_str().unwrap(),
+        "--no-plots",
+        "--out",
+        tmp.path().join("an").to_str().unwrap(),
+        "--export-negatives",
+        via.to_str().unwrap(),
+    ])
+    .current_dir(tmp.path())
+    .env("KVLENS_DATASETS", &data)
+    .output()
+    .unwrap());
+    let m3: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(via.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m3["tasks"], manifest["tasks"]);
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let a = base_args(empty.to_str().unwrap(), &tmp.path().join("x"));
