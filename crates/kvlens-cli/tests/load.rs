@@ -4,49 +4,16 @@
 //! requests counted with their reasons, the point completes, a rerun skips what is done).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
 use common::rawhttp as http;
-use common::{cmd, ok};
+use common::{cmd, ok, record_values, serve_with};
 use kvlens_run::arrivals::{schedule, Rate};
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> Served {
-    let mut all = vec!["serve", "--port", "0", "--offline"];
-    all.extend_from_slice(args);
-    let mut child = cmd(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("http://"), "kvlens serve printed `{line}`");
-    Served {
-        child,
-        url: line.trim().to_string(),
-    }
-}
 
 /// Two small tasks: one through the chat template, one raw with a stop string.
 fn write_tasks(dir: &Path) -> (String, String) {
@@ -93,24 +60,6 @@ fn write_tasks(dir: &Path) -> (String, String) {
     (chat.display().to_string(), raw.display().to_string())
 }
 
-fn read_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jsonl") {
-                for line in std::fs::read_to_string(&p).unwrap().lines() {
-                    out.push(serde_json::from_str(line).unwrap());
-                }
-            }
-        }
-    }
-    out
-}
-
 fn health(url: &str) -> serde_json::Value {
     let root = url.trim_end_matches("/v1");
     let addr = root.trim_start_matches("http://");
@@ -133,7 +82,7 @@ fn load_against_kvlens_serve_scores_as_run_does_and_keeps_to_its_limits() {
     let (chat, raw) = write_tasks(dir.path());
     let tasks = format!("{chat},{raw}");
     let stream = "streamingllm:budget=32,sink=4";
-    let srv = serve(&["--method", "full", "--method", stream]);
+    let srv = serve_with(&["--method", "full", "--method", stream]);
     let out = dir.path().join("load");
     let json = ok(cmd(&[
         "load",
@@ -198,7 +147,7 @@ fn load_against_kvlens_serve_scores_as_run_does_and_keeps_to_its_limits() {
 
     // The records: prompts dealt round-robin over the tasks, the seeded schedule, the same
     // for both targets.
-    let records = read_records(&out.join("rate=20"));
+    let records = record_values(&out.join("rate=20"));
     assert_eq!(records.len(), 10);
     let want = schedule(5, Rate::PerSecond(20.0), 1.0, 3).unwrap();
     let order = [
@@ -238,7 +187,7 @@ fn load_against_kvlens_serve_scores_as_run_does_and_keeps_to_its_limits() {
     ])
     .output()
     .unwrap());
-    let local: BTreeMap<(String, String, String), serde_json::Value> = read_records(&run)
+    let local: BTreeMap<(String, String, String), serde_json::Value> = record_values(&run)
         .into_iter()
         .map(|r| {
             (
@@ -392,7 +341,7 @@ fn failing_targets_count_as_failed_and_a_rerun_skips_finished_points() {
     }
     // Counted by the server: at most 2 at once, and the limit was reached.
     assert_eq!(good_most.load(Ordering::SeqCst), 2);
-    let records = read_records(&out);
+    let records = record_values(&out);
     assert_eq!(records.len(), 36);
     let reason = |t: &str| {
         records
@@ -411,7 +360,7 @@ fn failing_targets_count_as_failed_and_a_rerun_skips_finished_points() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
     assert_eq!(err.matches("complete already").count(), 6, "{err}");
-    assert_eq!(read_records(&out).len(), 36);
+    assert_eq!(record_values(&out).len(), 36);
     // A point without its completion mark (an interrupted one) runs again whole; its old
     // records are kept aside.
     std::fs::remove_file(out.join("rate=inf").join("good.done.json")).unwrap();
@@ -422,7 +371,7 @@ fn failing_targets_count_as_failed_and_a_rerun_skips_finished_points() {
         .join("prompts")
         .join("good.jsonl.interrupted-1");
     assert_eq!(std::fs::read_to_string(aside).unwrap().lines().count(), 6);
-    assert_eq!(read_records(&out).len(), 36);
+    assert_eq!(record_values(&out).len(), 36);
 
     // Nonsense is refused with the flag named.
     for (flag, value, needle) in [

@@ -5,34 +5,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 mod common;
-use common::{cmd, ok};
+use common::{cmd, ok, record_values};
 
 type Key = (String, String, String);
 
 fn records(dir: &Path) -> BTreeMap<Key, serde_json::Value> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if !p.ends_with("analysis") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "jsonl") {
-                for line in std::fs::read_to_string(&p).unwrap().lines() {
-                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                    let k = (
-                        v["task"].as_str().unwrap().to_string(),
-                        v["sample_id"].as_str().unwrap().to_string(),
-                        v["method"].as_str().unwrap().to_string(),
-                    );
-                    out.insert(k, v);
-                }
-            }
-        }
-    }
-    out
+    record_values(dir)
+        .into_iter()
+        .map(|v| {
+            let k = (
+                v["task"].as_str().unwrap().to_string(),
+                v["sample_id"].as_str().unwrap().to_string(),
+                v["method"].as_str().unwrap().to_string(),
+            );
+            (k, v)
+        })
+        .collect()
 }
 
 /// NumPy's median.

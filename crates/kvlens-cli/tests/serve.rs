@@ -8,45 +8,18 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
 use common::rawhttp as http;
-use common::{cmd, ok};
-
-/// A `kvlens serve` child process, killed when dropped.
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{cmd, ok, serve_with, Served};
 
 fn serve(method: &str, extra: &[&str]) -> Served {
-    let mut args = vec!["serve", "--port", "0", "--method", method, "--offline"];
+    let mut args = vec!["--method", method];
     args.extend_from_slice(extra);
-    let mut child = cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("http://"), "kvlens serve printed `{line}`");
-    Served {
-        child,
-        url: line.trim().to_string(),
-    }
+    serve_with(&args)
 }
 
 /// Two small tasks written here: one through the chat template (sent to
