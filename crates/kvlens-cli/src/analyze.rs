@@ -309,13 +309,7 @@ pub fn negatives(c: NegativesCommand) -> Result<()> {
     if !(delta > 0.0 && delta < 100.0) {
         anyhow::bail!("--delta {delta}: give a percentage between 0 and 100 (10 means 10 %)");
     }
-    let dirs = match &datasets {
-        Some(d) => kvlens_tasks::DataDirs {
-            shipped: d.clone(),
-            longbench: d.join("longbench"),
-        },
-        None => kvlens_tasks::DataDirs::discover(),
-    };
+    let dirs = kvlens_tasks::DataDirs::from_flag(datasets.as_deref());
     let opts = kvlens_analyze::Options {
         baseline,
         rule,

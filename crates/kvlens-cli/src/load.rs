@@ -354,13 +354,7 @@ fn prompt_items(a: &LoadArgs, src: &str, model: &Model, n: usize) -> Result<Vec<
 
 /// The prompts of kvlens tasks, dealt round-robin over the tasks and the first `n` taken.
 fn task_items(a: &LoadArgs, tasks: Vec<String>, model: &Model, n: usize) -> Result<Vec<Item>> {
-    let dirs = match &a.datasets {
-        Some(d) => DataDirs {
-            shipped: d.clone(),
-            longbench: d.join("longbench"),
-        },
-        None => DataDirs::discover(),
-    };
+    let dirs = DataDirs::from_flag(a.datasets.as_deref());
     let cfg = RunConfig {
         tasks,
         ..RunConfig::default()

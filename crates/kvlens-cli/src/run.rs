@@ -282,13 +282,7 @@ impl Observer for Bars {
 
 pub fn run(a: RunArgs) -> Result<()> {
     let cfg = a.config()?;
-    let dirs = match &a.datasets {
-        Some(d) => DataDirs {
-            shipped: d.clone(),
-            longbench: d.join("longbench"),
-        },
-        None => DataDirs::discover(),
-    };
+    let dirs = DataDirs::from_flag(a.datasets.as_deref());
     let plan = Plan::new(&cfg, &dirs)?;
     let out = cfg.out_dir();
     let _lock = lock_folder(&out)?;

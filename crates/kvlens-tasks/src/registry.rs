@@ -78,6 +78,20 @@ pub struct DataDirs {
 }
 
 impl DataDirs {
+    /// The folders of a `--datasets DIR` flag (DIR and DIR/longbench), or [`discover`]'s
+    /// when it is not given.
+    ///
+    /// [`discover`]: DataDirs::discover
+    pub fn from_flag(dir: Option<&Path>) -> Self {
+        match dir {
+            Some(d) => DataDirs {
+                shipped: d.to_path_buf(),
+                longbench: d.join("longbench"),
+            },
+            None => DataDirs::discover(),
+        }
+    }
+
     /// `KVLENS_DATASETS` or `datasets/` in the current folder, falling back to the `datasets/`
     /// of the source tree: the one cargo names at run time (`cargo run`, `cargo test`), else
     /// the one this binary was built from. (Cargo reuses a build from a shared target folder
