@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvlens_engine::sched::{CacheSource, Event, Limits, Request, Scheduler};
 use kvlens_engine::{GenOptions, Model, Sampling};
+use kvlens_predict::profile::{KvPoint, ModelLine};
+use kvlens_predict::{MethodProfile, Profile, StepSample};
 use kvlens_press::{parse_list, Spec};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -24,16 +26,25 @@ pub struct BenchArgs {
         default_value = "full,streamingllm,h2o,snapkv,pyramidkv,tova,knorm,kivi,gear,int8,int4,fp8"
     )]
     methods: String,
-    /// Prompt lengths in tokens, comma-separated (one row per length).
-    #[arg(long, value_delimiter = ',', default_value = "2048")]
+    /// Prompt lengths in tokens, comma-separated (one row per length). Default 2048; with
+    /// --profile 256,512,1024,2048,4096.
+    #[arg(long, value_delimiter = ',')]
     context: Vec<usize>,
     /// Batch sizes, comma-separated: that many sequences (the same prompt, each with its own
-    /// cache) prefill and then decode together, one engine step for all of them.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// cache) prefill and then decode together, one engine step for all of them. Default 1;
+    /// with --profile 1,2,4,8,16.
+    #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
-    /// Tokens decoded after the prompt (end-of-sequence is ignored).
-    #[arg(long, default_value_t = 64)]
-    new_tokens: usize,
+    /// Tokens decoded after the prompt (end-of-sequence is ignored). Default 64; with
+    /// --profile 16.
+    #[arg(long)]
+    new_tokens: Option<usize>,
+    /// Write a step-time profile for `kvlens predict` (JSON Lines): every engine step of the
+    /// grid (methods × --batch × --context) with what it computed and how long it took, and
+    /// each method's cache bytes. Prints each method's fitted step-time model and its error
+    /// on grid points left out of the fit.
+    #[arg(long)]
+    profile: Option<PathBuf>,
     /// Prompt tokens per forward pass of one sequence (the prompt's chunks, as `generate`
     /// cuts them; llama.cpp's batch of 512 by default).
     #[arg(long, default_value_t = 512)]
@@ -124,13 +135,14 @@ fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize)
         prefill_chunk: a.prefill_chunk.unwrap_or(batch * ids.len()),
     };
     let mut sched = Scheduler::new(model, limits)?;
+    let new_tokens = a.new_tokens.unwrap_or(64);
     for id in 0..batch {
         sched.submit(Request {
             id: id as u64,
             prompt: ids.to_vec(),
             cache: CacheSource::New(spec.clone(), dtype),
             opts: GenOptions {
-                max_new_tokens: a.new_tokens + 1,
+                max_new_tokens: new_tokens + 1,
                 sampling: Sampling {
                     temperature: 0.0,
                     ..Sampling::default()
@@ -189,7 +201,7 @@ fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize)
         method: spec.canonical(),
         batch,
         context: ids.len(),
-        new_tokens: a.new_tokens,
+        new_tokens,
         prefill_tok_s: (batch * ids.len()) as f64 / prefill_s.max(1e-9),
         decode_tok_s: (batch * steps) as f64 / (decode_ms / 1e3),
         decode_ms_per_token: decode_ms / steps as f64,
@@ -204,7 +216,23 @@ fn measure(model: &Model, a: &BenchArgs, spec: &Spec, ids: &[u32], batch: usize)
     })
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+pub fn run(mut a: BenchArgs) -> Result<()> {
+    let profiling = a.profile.is_some();
+    if a.batch.is_empty() {
+        a.batch = if profiling {
+            vec![1, 2, 4, 8, 16]
+        } else {
+            vec![1]
+        };
+    }
+    if a.context.is_empty() {
+        a.context = if profiling {
+            vec![256, 512, 1024, 2048, 4096]
+        } else {
+            vec![2048]
+        };
+    }
+    let new_tokens = *a.new_tokens.get_or_insert(if profiling { 16 } else { 64 });
     let specs: Vec<Spec> = parse_list(&a.methods).context("--methods")?;
     let budget = a
         .kv_budget
@@ -214,7 +242,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.batch.contains(&0) || a.max_batch == 0 {
         bail!("--batch and --max-batch must be at least 1");
     }
-    if a.context.contains(&0) || a.new_tokens == 0 {
+    if a.context.contains(&0) || new_tokens == 0 {
         bail!("--context and --new-tokens must be at least 1");
     }
     if a.prefill_chunk == Some(0) || a.chunk == 0 {
@@ -222,10 +250,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load()?;
     let cfg = model.config();
-    if let Some(&c) = a.context.iter().find(|&&c| c + a.new_tokens > cfg.context) {
+    if let Some(&c) = a.context.iter().find(|&&c| c + new_tokens > cfg.context) {
         bail!(
             "--context {c} + --new-tokens {} exceeds the model's context of {}",
-            a.new_tokens,
+            new_tokens,
             cfg.context
         );
     }
@@ -242,6 +270,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         r.roofline_ms = r.step_bytes as f64 / bandwidth * 1e3;
         r
     };
+    if let Some(path) = &a.profile {
+        return write_profile(path, &model, &a, &specs);
+    }
     let mut rows = Vec::new();
     for spec in &specs {
         for &context in &a.context {
@@ -375,6 +406,168 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 mib(r.kv_bytes_batch)
             );
         }
+    }
+    Ok(())
+}
+
+/// One context's grid for a profile: the largest batch's sequences prefill together (all
+/// their chunks in each step), then decode with staggered ends, so that one prefill gives
+/// decode steps at every batch size asked for: with batches 16, 8, 4, 2, 1 and `--new-tokens`
+/// D, 8 sequences stop after D tokens, 4 more after 2D, and so on, the last after 5D. Every
+/// engine step is timed and kept with its shape; also each finished sequence's cache bytes.
+fn profile_point(
+    model: &Model,
+    a: &BenchArgs,
+    spec: &Spec,
+    ids: &[u32],
+    steps: &mut Vec<StepSample>,
+    kv: &mut Vec<KvPoint>,
+) -> Result<()> {
+    let mut batches = a.batch.clone();
+    batches.sort_unstable_by(|x, y| y.cmp(x));
+    batches.dedup();
+    let most = batches[0];
+    let per = a.new_tokens.unwrap_or(16);
+    let limits = Limits {
+        kv_budget: usize::MAX / 4,
+        max_batch: most,
+        prefill_chunk: most * ids.len(),
+    };
+    let mut sched = Scheduler::new(model, limits)?;
+    for i in 0..most {
+        // Sequence i decodes while the batch is larger than i: in as many phases as there
+        // are batch sizes above i. The first token comes from the prefill.
+        let phases = batches.iter().filter(|&&b| b > i).count();
+        sched.submit(Request {
+            id: i as u64,
+            prompt: ids.to_vec(),
+            cache: CacheSource::New(spec.clone(), a.model.dtype()),
+            opts: GenOptions {
+                max_new_tokens: per * phases + 1,
+                sampling: Sampling {
+                    temperature: 0.0,
+                    ..Sampling::default()
+                },
+                ignore_eos: true,
+                prefill_chunk: a.chunk,
+                ..GenOptions::default()
+            },
+        });
+    }
+    while !sched.is_idle() {
+        let t = Instant::now();
+        let mut failed = None;
+        let mut finished = Vec::new();
+        sched.step(&mut |e| {
+            if let Event::Done { result, .. } = e {
+                match result {
+                    Ok(f) => finished.push(f),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        });
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(e) = failed {
+            bail!("{} at context {}: {e}", spec.canonical(), ids.len());
+        }
+        let shape = sched.last_step();
+        if shape.rows() > 0 {
+            let prefill = shape.prompt_chunks > 0;
+            steps.push(StepSample {
+                method: spec.canonical(),
+                batch: if prefill { most } else { shape.decode_rows },
+                context: ids.len(),
+                phase: if prefill { "prefill" } else { "decode" }.into(),
+                shape,
+                ms,
+            });
+        }
+        for f in finished {
+            kv.push(KvPoint {
+                method: spec.canonical(),
+                tokens: ids.len() + f.generation.output_tokens,
+                bytes: f.generation.kv_bytes_end as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `--profile`: the grid of every method, written as a profile, and each method's fit with
+/// its held-out error.
+fn write_profile(
+    path: &std::path::Path,
+    model: &Model,
+    a: &BenchArgs,
+    specs: &[Spec],
+) -> Result<()> {
+    // A short generation first, so that the first timed step pays no page faults.
+    measure(model, a, &Spec::parse("full")?, &prompt(model, 64)?, 1)?;
+    let mut methods: Vec<MethodProfile> = Vec::new();
+    let started = Instant::now();
+    for spec in specs {
+        let (mut steps, mut kv) = (Vec::new(), Vec::new());
+        for &context in &a.context {
+            let ids = prompt(model, context)?;
+            let t = Instant::now();
+            profile_point(model, a, spec, &ids, &mut steps, &mut kv)?;
+            if !a.json {
+                eprintln!(
+                    "kvlens: profile {} context {context}: {:.0} s ({:.0} s in all)",
+                    spec.canonical(),
+                    t.elapsed().as_secs_f64(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        methods.push(MethodProfile {
+            method: spec.canonical(),
+            spec: spec.clone(),
+            steps: steps.into_iter().map(|s| (0, s)).collect(),
+            kv,
+        });
+    }
+    let cfg = model.config();
+    let shape = cfg.cache_shape();
+    let machine = format!(
+        "{} threads, {}",
+        rayon::current_num_threads(),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    );
+    let profile = Profile {
+        model: ModelLine {
+            model: model.name.clone(),
+            n_layers: shape.n_layers,
+            n_heads: shape.n_heads,
+            n_kv_heads: shape.n_kv_heads,
+            head_dim: shape.head_dim,
+            context: cfg.context,
+            kv_dtype: a.model.dtype().name().to_string(),
+            weight_bytes: model.transformer.weight_bytes() as u64,
+            chunk: a.chunk,
+            machine,
+            kvlens_version: env!("CARGO_PKG_VERSION").to_string(),
+            measured_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        },
+        methods,
+    };
+    kvlens_run::store::write_text_atomic(path, &profile.to_jsonl())
+        .with_context(|| format!("writing {}", path.display()))?;
+    if a.json {
+        println!("{}", crate::predict::fit_json(&profile)?);
+    } else {
+        eprintln!("kvlens: profile: {}", path.display());
+        println!("{}", crate::predict::fit_table(&profile)?);
     }
     Ok(())
 }

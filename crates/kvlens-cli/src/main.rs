@@ -4,6 +4,7 @@ mod analyze;
 mod bench;
 mod datasets;
 mod load;
+mod predict;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -65,6 +66,13 @@ enum Command {
     Negatives {
         #[command(subcommand)]
         command: analyze::NegativesCommand,
+    },
+    /// Predict serving throughput and latency per method from a step-time profile (`kvlens
+    /// bench --profile`), a trace of real output lengths and a KV budget, by simulating the
+    /// scheduler `kvlens serve` runs; and fit the step-time model to profiles.
+    Predict {
+        #[command(subcommand)]
+        command: predict::PredictCommand,
     },
     /// Turn results made elsewhere into kvlens records.
     Import {
@@ -349,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve(a),
         Command::Load(a) => load::load(a),
         Command::Negatives { command } => analyze::negatives(command),
+        Command::Predict { command } => predict::run(command),
         Command::Methods => {
             print!("{}", methods_text());
             Ok(())

@@ -16,8 +16,8 @@ pub mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use error::{EngineError, Result};
 pub use generate::{
-    decode, decode_with, generate, prefill, FinishReason, GenOptions, Generation, Prefilled,
-    Sampling,
+    decode, decode_with, generate, prefill, prefill_chunks, FinishReason, GenOptions, Generation,
+    Prefilled, Sampling, MIN_LAST_CHUNK,
 };
 pub use model::{Config, Logits, Seq, Transformer};
 pub use source::ModelSource;

@@ -62,6 +62,94 @@ pub fn default_kv_budget() -> usize {
         .unwrap_or(4 << 30)
 }
 
+/// What one engine step computed: the terms a step-time model prices (`kvlens predict`).
+/// The scheduler notes it for every step ([`Scheduler::last_step`]), and `kvlens predict`'s
+/// simulator builds the same shape for the steps it simulates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepShape {
+    /// Sequences that decode one token in this step.
+    pub decode_rows: usize,
+    /// Bytes the decoding sequences' caches hold before the step: what their attention reads.
+    pub decode_kv_bytes: u64,
+    /// Prompt chunks in this step.
+    pub prompt_chunks: usize,
+    /// Prompt tokens in this step.
+    pub prompt_tokens: usize,
+    /// The sum over the step's prompt tokens of the tokens each attends to (its position
+    /// plus one): the quadratic part of prefill.
+    pub prompt_attended: u64,
+}
+
+impl StepShape {
+    /// Adds one prompt chunk of the tokens at positions `a..b`.
+    pub fn add_chunk(&mut self, a: usize, b: usize) {
+        self.prompt_chunks += 1;
+        self.prompt_tokens += b - a;
+        // Σ_{p=a}^{b-1} (p + 1)
+        self.prompt_attended += ((a + 1 + b) * (b - a) / 2) as u64;
+    }
+
+    /// Adds one decoding sequence whose cache holds `kv_bytes`.
+    pub fn add_decode(&mut self, kv_bytes: usize) {
+        self.decode_rows += 1;
+        self.decode_kv_bytes += kv_bytes as u64;
+    }
+
+    /// Sequences in the step.
+    pub fn rows(&self) -> usize {
+        self.decode_rows + self.prompt_chunks
+    }
+}
+
+/// The scheduler's policy, as pure functions that [`Scheduler`] and `kvlens predict`'s
+/// simulator both call, so that the simulation admits, batches and preempts as `serve` does.
+pub mod policy {
+    /// Which running sequences join a step, in order of admission: every decoding one
+    /// (`None`), and prefilling ones (`Some(next chunk's tokens)`) while the step's budget of
+    /// `prefill_chunk` prompt tokens lasts. The first chunk always goes in, however long; a
+    /// chunk too long for what is left is skipped, and a later, shorter one may still fit.
+    pub fn join_step(rows: &[Option<usize>], prefill_chunk: usize) -> Vec<bool> {
+        let mut left = prefill_chunk;
+        let mut took_chunk = false;
+        rows.iter()
+            .map(|r| match *r {
+                None => true,
+                Some(n) => {
+                    if took_chunk && n > left {
+                        return false;
+                    }
+                    left = left.saturating_sub(n);
+                    took_chunk = true;
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a waiting request needing `need` bytes is admitted beside running caches that
+    /// hold (or have reserved) `held` bytes.
+    pub fn admits(held: usize, need: usize, kv_budget: usize) -> bool {
+        held + need <= kv_budget
+    }
+
+    /// What a running sequence may hold after the coming step, for preemption: a decoding
+    /// one its bytes now plus one token's full row (`one_row`); a prefilling one the larger
+    /// of its bytes now and what admission reserved for it.
+    pub fn projected(decoding: bool, bytes_now: usize, reserved: usize, one_row: usize) -> usize {
+        if decoding {
+            bytes_now + one_row
+        } else {
+            reserved.max(bytes_now)
+        }
+    }
+
+    /// Whether the newest running sequence must be preempted: the projection passes the
+    /// budget and more than one sequence of the scheduler's own runs.
+    pub fn must_preempt(projected: usize, owned: usize, kv_budget: usize) -> bool {
+        projected > kv_budget && owned > 1
+    }
+}
+
 /// One generation to run.
 pub struct Request<'c> {
     /// The caller's name for it, repeated in its events.
@@ -174,6 +262,7 @@ pub struct Scheduler<'m> {
     refused: Vec<Event>,
     steps: usize,
     peak_batch: usize,
+    last: StepShape,
 }
 
 impl<'m> Scheduler<'m> {
@@ -192,6 +281,7 @@ impl<'m> Scheduler<'m> {
             refused: Vec::new(),
             steps: 0,
             peak_batch: 0,
+            last: StepShape::default(),
         })
     }
 
@@ -228,6 +318,12 @@ impl<'m> Scheduler<'m> {
         (self.steps, self.peak_batch)
     }
 
+    /// What the last engine step computed (all zero before the first, and after a call of
+    /// [`Scheduler::step`] that ran no engine step).
+    pub fn last_step(&self) -> StepShape {
+        self.last
+    }
+
     /// Bytes the running caches hold now.
     pub fn kv_bytes(&self) -> usize {
         self.running.iter().map(|r| r.cache.bytes()).sum()
@@ -239,6 +335,7 @@ impl<'m> Scheduler<'m> {
         for e in self.refused.drain(..) {
             on_event(e);
         }
+        self.last = StepShape::default();
         self.admit(on_event);
         self.preempt_to_fit();
         // Requests admitted with their prompt already in pick their first token first.
@@ -256,22 +353,36 @@ impl<'m> Scheduler<'m> {
         }
         // This step's work: every decoding sequence's next token, prompt chunks in order of
         // admission while the prompt-token budget lasts.
-        let mut prompt_left = self.limits.prefill_chunk;
-        let mut took_chunk = false;
+        let wants: Vec<Option<usize>> = self
+            .running
+            .iter()
+            .map(|r| match r.decoding {
+                Some(_) => None,
+                None => {
+                    let (a, b) = r.chunks[r.next_chunk];
+                    Some(b - a)
+                }
+            })
+            .collect();
+        let joins = policy::join_step(&wants, self.limits.prefill_chunk);
+        let mut shape = StepShape::default();
         let mut work: Vec<(usize, Vec<u32>, usize)> = Vec::new();
-        for (i, r) in self.running.iter_mut().enumerate() {
+        for ((i, r), _) in self
+            .running
+            .iter_mut()
+            .enumerate()
+            .zip(joins)
+            .filter(|(_, j)| *j)
+        {
             match &r.decoding {
                 Some((dec, next)) => {
+                    shape.add_decode(r.cache.bytes());
                     r.cache.begin(Step::Decode, 1);
                     work.push((i, vec![*next], dec.next_position(r.prompt.len())));
                 }
                 None => {
                     let (a, b) = r.chunks[r.next_chunk];
-                    if took_chunk && b - a > prompt_left {
-                        continue;
-                    }
-                    prompt_left = prompt_left.saturating_sub(b - a);
-                    took_chunk = true;
+                    shape.add_chunk(a, b);
                     let last = r.next_chunk + 1 == r.chunks.len();
                     r.cache.begin(Step::Prefill { last }, b - a);
                     r.cache
@@ -304,6 +415,7 @@ impl<'m> Scheduler<'m> {
             self.model.transformer.step(&mut seqs)
         };
         self.steps += 1;
+        self.last = shape;
         self.peak_batch = self.peak_batch.max(work.len());
         let mut finished = Vec::new();
         for ((i, _, _), mut l) in work.into_iter().zip(logits) {
@@ -416,7 +528,7 @@ impl<'m> Scheduler<'m> {
                 .filter(|r| r.spec.is_some())
                 .map(|r| r.reserved.max(r.cache.bytes()))
                 .sum();
-            if held + need > self.limits.kv_budget {
+            if !policy::admits(held, need, self.limits.kv_budget) {
                 break;
             }
             let w = self.waiting.pop_front().expect("the front request exists");
@@ -478,14 +590,16 @@ impl<'m> Scheduler<'m> {
                 .iter()
                 .filter_map(|r| {
                     let (_, dtype) = r.spec.as_ref()?;
-                    Some(match r.decoding {
-                        Some(_) => r.cache.bytes() + shape.full_bytes(1, *dtype),
-                        None => r.reserved.max(r.cache.bytes()),
-                    })
+                    Some(policy::projected(
+                        r.decoding.is_some(),
+                        r.cache.bytes(),
+                        r.reserved,
+                        shape.full_bytes(1, *dtype),
+                    ))
                 })
                 .sum();
             let owned = self.running.iter().filter(|r| r.spec.is_some()).count();
-            if projected <= self.limits.kv_budget || owned <= 1 {
+            if !policy::must_preempt(projected, owned, self.limits.kv_budget) {
                 return;
             }
             let Some(i) = self.running.iter().rposition(|r| r.spec.is_some()) else {
