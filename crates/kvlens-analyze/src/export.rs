@@ -7,8 +7,9 @@
 //! Per task, `DIR/<task>.toml` (the task's own spec: template, metric, limits) and
 //! `DIR/<task>.jsonl` (the selected samples with their original fields, answers, classes and
 //! meta, the baseline's output and score added to `meta` as `baseline_output` and
-//! `baseline_score`), and `DIR/manifest.json`: the source run, rule, δ, methods, model, and
-//! per task the selected sample ids.
+//! `baseline_score`), and `DIR/manifest.json`: the source run, rule, δ, methods, model,
+//! per task the selected sample ids, and per task of the run the baseline's bar and how many
+//! of its samples reached it (`baseline_bars`: the denominator of the study's fail ratio).
 
 use crate::analysis::{analyze, resolve_method, Options, Rule};
 use crate::error::{AnalyzeError, Result};
@@ -210,6 +211,34 @@ pub fn export_negatives(
         Rule::Paper => "paper",
         Rule::PaperMean => "paper-mean",
     };
+    // Per task of the run, the bar a baseline sample had to reach and how many reached it:
+    // the denominator of the study's fail ratio, for `kvlens negatives report`.
+    let mut base_scores: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.method == a.baseline && r.error.is_none())
+    {
+        if let Some(sc) = r.score {
+            base_scores.entry(r.task.as_str()).or_default().push(sc);
+        }
+    }
+    let mut eligible = Map::new();
+    for (task, scores) in &base_scores {
+        let bar = if opts.rule == Rule::PaperMean {
+            crate::stats::mean(scores)
+        } else {
+            crate::stats::median(scores)
+        };
+        let Some(bar) = bar else { continue };
+        let n = scores
+            .iter()
+            .filter(|&&b| b >= bar && (opts.rule != Rule::Default || b > 0.0))
+            .count();
+        eligible.insert(
+            task.to_string(),
+            json!({"bar": bar, "eligible": n, "samples": scores.len()}),
+        );
+    }
     let manifest = json!({
         "source_run": run.display().to_string(),
         "rule": rule,
@@ -219,6 +248,7 @@ pub fn export_negatives(
         "joint": joint.is_some(),
         "model": model,
         "tasks": manifest_tasks,
+        "baseline_bars": eligible,
     });
     let path = out.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest)

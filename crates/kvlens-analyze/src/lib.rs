@@ -9,6 +9,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod load;
+pub mod negbench;
 pub mod output;
 pub mod plots;
 pub mod serving;

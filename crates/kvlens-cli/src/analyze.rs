@@ -294,18 +294,49 @@ pub enum NegativesCommand {
         #[arg(long)]
         datasets: Option<PathBuf>,
     },
+    /// A run on an exported benchmark against the baseline scores stored in it (no baseline
+    /// run needed): per task and task group, the baseline's and each method's mean score on
+    /// the negatives, how many are still negative, and the fail ratio (still negative over
+    /// the baseline samples that reached the bar), as the study's evaluation reports.
+    Report {
+        /// Run folders made with `kvlens run --tasks BENCH`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The benchmark folder (`negatives export --out`).
+        #[arg(long)]
+        benchmark: PathBuf,
+        /// One JSON array on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn negatives(c: NegativesCommand) -> Result<()> {
-    let NegativesCommand::Export {
-        run,
-        out,
-        baseline,
-        rule,
-        delta,
-        joint,
-        datasets,
-    } = c;
+    let (run, out, baseline, rule, delta, joint, datasets) = match c {
+        NegativesCommand::Export {
+            run,
+            out,
+            baseline,
+            rule,
+            delta,
+            joint,
+            datasets,
+        } => (run, out, baseline, rule, delta, joint, datasets),
+        NegativesCommand::Report {
+            runs,
+            benchmark,
+            json,
+        } => {
+            let rows = kvlens_analyze::negbench::report(&runs, &benchmark)
+                .with_context(|| format!("the benchmark {}", benchmark.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                print!("{}", kvlens_analyze::negbench::table(&rows));
+            }
+            return Ok(());
+        }
+    };
     if !(delta > 0.0 && delta < 100.0) {
         anyhow::bail!("--delta {delta}: give a percentage between 0 and 100 (10 means 10 %)");
     }

@@ -416,3 +416,55 @@ fn bench_sweeps_batches_and_contexts_and_fits_a_kv_budget() {
     let bad = kvlens(&["bench", "--kv-budget", "lots", "--context", "8"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--kv-budget `lots`"));
 }
+
+/// A model path that does not exist is named as missing, not as an unknown kind of model.
+#[test]
+fn a_missing_model_file_is_said_to_be_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = tmp.path().join("nope.gguf");
+    let o = kvlens(&[
+        "generate",
+        "--model",
+        gone.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains("nope.gguf"),
+        "{err}"
+    );
+}
+
+/// Scoring imported predictions of one method succeeds; the analysis after it, which needs a
+/// baseline, says why it was skipped.
+#[test]
+fn scoring_one_method_succeeds_and_says_why_the_analysis_was_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pred = tmp.path().join("pred/snapkv");
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::write(
+        pred.join("hotpotqa.jsonl"),
+        "{\"pred\": \"Paris\", \"answers\": [\"Paris\"], \"all_classes\": null, \"length\": 100}\n\
+         {\"pred\": \"Rome\", \"answers\": [\"Oslo\"], \"all_classes\": null, \"length\": 120}\n",
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    stdout(&kvlens(&[
+        "import",
+        "longbench-pred",
+        tmp.path().join("pred").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    let o = kvlens(&["score", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("scored 2 records")
+            && err.contains("analysis after them was skipped")
+            && err.contains("no baseline"),
+        "{err}"
+    );
+}

@@ -160,6 +160,79 @@ fn negatives_export_as_a_task_set_that_runs_again_to_the_same_records() {
         }
     }
 
+    // The rerun against the baseline scores stored in the benchmark: per task, the stored
+    // baseline's and the method's means on the negatives, all still negative (same model,
+    // same answers), and the fail ratio over the baseline samples that reached the median.
+    let report = ok(cmd(&[
+        "negatives",
+        "report",
+        again.to_str().unwrap(),
+        "--benchmark",
+        bench.to_str().unwrap(),
+        "--json",
+    ])
+    .output()
+    .unwrap());
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&report).unwrap();
+    let mut group_still = BTreeMap::new();
+    for task in ["passkey", "vt"] {
+        let ids: Vec<&String> = want.iter().filter(|k| k.0 == task).map(|k| &k.1).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let score = |m: &str, id: &str| {
+            first[&(task.to_string(), id.to_string(), m.to_string())]["score"]
+                .as_f64()
+                .unwrap()
+        };
+        let mean =
+            |m: &str| 100.0 * ids.iter().map(|id| score(m, id)).sum::<f64>() / ids.len() as f64;
+        let base: Vec<f64> = first
+            .iter()
+            .filter(|(k, _)| k.0 == task && k.2 == "full")
+            .map(|(_, v)| v["score"].as_f64().unwrap())
+            .collect();
+        let med = median(base.clone());
+        let eligible = base.iter().filter(|&&b| b >= med && b > 0.0).count();
+        let row = rows
+            .iter()
+            .find(|r| {
+                r["level"] == "task" && r["name"] == task && r["method"] == canonical.as_str()
+            })
+            .unwrap_or_else(|| panic!("no row for {task}: {rows:?}"));
+        assert_eq!(row["samples"], ids.len());
+        assert!(
+            (row["baseline_score"].as_f64().unwrap() - mean("full")).abs() < 1e-9,
+            "{row}"
+        );
+        assert!(
+            (row["score"].as_f64().unwrap() - mean(&canonical)).abs() < 1e-9,
+            "{row}"
+        );
+        assert_eq!(row["still_negative"], ids.len());
+        assert_eq!(row["eligible"], eligible);
+        let ratio = ids.len() as f64 / eligible as f64;
+        assert!(
+            (row["fail_ratio"].as_f64().unwrap() - ratio).abs() < 1e-12,
+            "{row}"
+        );
+        let group = if task == "passkey" {
+            "retrieval"
+        } else {
+            "synthetic"
+        };
+        group_still.insert(group, ids.len());
+    }
+    for (group, still) in group_still {
+        let row = rows
+            .iter()
+            .find(|r| {
+                r["level"] == "group" && r["name"] == group && r["method"] == canonical.as_str()
+            })
+            .unwrap();
+        assert_eq!(row["still_negative"], still);
+    }
+
     // A joint set of one method is the same selection; a folder without specs is refused.
     let joint = tmp.path().join("joint");
     ok(cmd(&[

@@ -647,7 +647,7 @@ fn the_http_stack_keeps_alive_reads_chunked_bodies_and_closes_idle_clients() {
 }
 
 #[test]
-fn a_prompt_beyond_the_budget_is_a_400_and_sigterm_lets_streams_finish() {
+fn a_prompt_beyond_the_budget_or_an_unknown_role_is_a_400_and_sigterm_lets_streams_finish() {
     // About 90 tokens of full cache: the short prompt below fits, the long one does not.
     let server = serve("full", &["--kv-budget", "2MiB"]);
     let long = "word ".repeat(200);
@@ -658,6 +658,16 @@ fn a_prompt_beyond_the_budget_is_a_400_and_sigterm_lets_streams_finish() {
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("KV budget"), "{body}");
     }
+    // A chat message with a role the OpenAI API does not have is refused, by its index.
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"},
+        {"role": "narrator", "content": "x"}], "max_tokens": 2})
+    .to_string();
+    let (status, body) = raw(&server.url, "POST", "/v1/chat/completions", Some(&body));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("messages[1].role") && body.contains("narrator"),
+        "{body}"
+    );
     // SIGTERM while a stream is going: it still ends with [DONE], then the process exits 0.
     let addr = addr_of(&server.url);
     let mut s = TcpStream::connect(&addr).unwrap();

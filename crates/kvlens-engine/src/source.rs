@@ -67,6 +67,11 @@ impl ModelSource {
         if p.is_file() {
             return Ok(ModelSource::Gguf(p));
         }
+        if !p.exists() {
+            return Err(EngineError::Invalid(format!(
+                "model file `{s}` does not exist (a model is `default`, a .gguf file, a model folder, or `hf:ORG/NAME`)"
+            )));
+        }
         Err(EngineError::Invalid(format!(
             "model `{s}` is neither `default`, a .gguf file, a model folder, nor `hf:ORG/NAME`"
         )))

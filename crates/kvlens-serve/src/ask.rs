@@ -24,6 +24,9 @@ const UNSUPPORTED: [&str; 6] = [
     "response_format",
 ];
 
+/// The message roles of OpenAI's chat API.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
 pub(crate) fn parse<'a>(app: &'a App, body: &[u8], chat: bool) -> Result<Ask<'a>, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let req: CompletionRequest = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -54,6 +57,14 @@ pub(crate) fn parse<'a>(app: &'a App, body: &[u8], chat: bool) -> Result<Ask<'a>
             .ok_or_else(|| invalid("`messages` must be an array"))?;
         let mut messages = Vec::new();
         for (i, m) in msgs.into_iter().enumerate() {
+            // The roles of OpenAI's chat API; anything else is refused as it refuses it.
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(invalid(format!(
+                    "messages[{i}].role: `{}` is not one of {}",
+                    m.role,
+                    ROLES.join(", ")
+                )));
+            }
             let content = match m.content {
                 Content::Text(s) => s,
                 Content::Parts(parts) => {
