@@ -17,7 +17,7 @@
 use crate::error::{PredictError, Result};
 use kvlens_engine::prefill_chunks;
 use kvlens_engine::sched::{policy, Limits, StepShape};
-use kvlens_press::{projected_peak_bytes, CacheShape, KvCache, KvDtype, Spec, Step};
+use kvlens_press::{projected_peak_bytes, CacheShape, KvCache, KvDtype, Spec};
 use std::collections::{HashMap, VecDeque};
 
 /// One request of the simulated load.
@@ -107,25 +107,13 @@ fn trajectory(cfg: &SimConfig, prompt: usize, decode_steps: usize) -> Trajectory
     cache.reserve(prompt + decode_steps + 1);
     let mut after_chunk = Vec::with_capacity(chunks.len());
     for (i, &(a, b)) in chunks.iter().enumerate() {
-        let positions: Vec<u32> = (a as u32..b as u32).collect();
-        cache.begin(
-            Step::Prefill {
-                last: i + 1 == chunks.len(),
-            },
-            b - a,
-        );
-        for layer in 0..one.n_layers {
-            cache.simulate(layer, &positions);
-        }
+        cache.simulate_chunk(a, b, i + 1 == chunks.len());
         after_chunk.push(cache.bytes() * heads);
     }
     let mut after_decode = Vec::with_capacity(decode_steps + 1);
     after_decode.push(cache.bytes() * heads);
     for t in 0..decode_steps {
-        cache.begin(Step::Decode, 1);
-        for layer in 0..one.n_layers {
-            cache.simulate(layer, &[(prompt + t) as u32]);
-        }
+        cache.simulate_decode(prompt + t);
         after_decode.push(cache.bytes() * heads);
     }
     Trajectory {

@@ -462,6 +462,24 @@ impl KvCache {
         self.compress_layer(layer);
     }
 
+    /// A dry run of one prompt chunk (positions `a..b`) through every layer
+    /// ([`KvCache::simulate`]).
+    pub fn simulate_chunk(&mut self, a: usize, b: usize, last: bool) {
+        let positions: Vec<u32> = (a as u32..b as u32).collect();
+        self.begin(Step::Prefill { last }, b - a);
+        for layer in 0..self.shape.n_layers {
+            self.simulate(layer, &positions);
+        }
+    }
+
+    /// A dry run of one decode token at `position` through every layer.
+    pub fn simulate_decode(&mut self, position: usize) {
+        self.begin(Step::Decode, 1);
+        for layer in 0..self.shape.n_layers {
+            self.simulate(layer, &[position as u32]);
+        }
+    }
+
     /// The method's step over one layer after its attention, and the bytes it then holds.
     fn compress_layer(&mut self, layer: usize) {
         let step = self.step;
@@ -503,23 +521,11 @@ pub fn projected_peak_bytes(
     let mut cache = KvCache::new(one, dtype, spec.build());
     cache.reserve(prompt + new_tokens);
     for (i, &(a, b)) in chunks.iter().enumerate() {
-        let positions: Vec<u32> = (a as u32..b as u32).collect();
-        cache.begin(
-            Step::Prefill {
-                last: i + 1 == chunks.len(),
-            },
-            b - a,
-        );
-        for layer in 0..one.n_layers {
-            cache.simulate(layer, &positions);
-        }
+        cache.simulate_chunk(a, b, i + 1 == chunks.len());
     }
     // The last generated token is never fed back: `new_tokens − 1` decode steps.
     for t in 0..new_tokens.saturating_sub(1) {
-        cache.begin(Step::Decode, 1);
-        for layer in 0..one.n_layers {
-            cache.simulate(layer, &[(prompt + t) as u32]);
-        }
+        cache.simulate_decode(prompt + t);
     }
     cache.peak_bytes() * shape.n_kv_heads
 }
