@@ -8,6 +8,7 @@ pub mod error;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod lm_eval;
 pub mod load;
 pub mod negbench;
 pub mod output;

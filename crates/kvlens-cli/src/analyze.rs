@@ -251,6 +251,117 @@ pub enum ImportCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// lm-evaluation-harness sample logs (--output_path --log_samples):
+    /// <model>/samples_<task>_<date>.jsonl with results_<date>.json; one method per folder.
+    LmEval {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// `vllm bench serve --save-result --save-detailed` JSON: per-request lengths, TTFT,
+    /// inter-token gaps, latency and text, as load records (OUT/rate=<r>/<method>.jsonl).
+    VllmBench(BenchImport),
+    /// `python -m sglang.bench_serving --output-file F --output-details` JSON Lines, as load
+    /// records (OUT/rate=<r>/<method>.jsonl).
+    SglangBench(BenchImport),
+    /// RULER prediction files: every pred/<task>.jsonl under DIR (index, pred, input, outputs,
+    /// others, truncation, length), scored as RULER's evaluate.py scores them.
+    Ruler {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The method the predictions came from.
+        #[arg(long, default_value = "full")]
+        method: String,
+        /// The model name the records carry.
+        #[arg(long, default_value = "imported")]
+        model: String,
+    },
+    /// LongBench v2 result files (pred.py's results/<model>.jsonl: _id, domain, difficulty,
+    /// length, answer, response, pred, judge), one method per file, named by its stem.
+    LongbenchV2 {
+        path: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The model name the records carry.
+        #[arg(long, default_value = "imported")]
+        model: String,
+    },
+}
+
+#[derive(Args)]
+pub struct BenchImport {
+    /// A result file, or a folder of them.
+    path: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// The method's name in the records (default: the file's label or backend).
+    #[arg(long)]
+    method: Option<String>,
+    /// JSON Lines in the benchmark's request order (task, sample_id or id, answers): each
+    /// request takes its line's task, id and answers.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Score the generated texts against the prompt file's answers with this metric.
+    #[arg(long, requires = "prompts")]
+    metric: Option<String>,
+}
+
+impl BenchImport {
+    fn run(&self, kind: import::bench::Bench) -> Result<import::Imported> {
+        let metric = match &self.metric {
+            Some(m) => Some(m.parse::<kvlens_score::Metric>()?),
+            None => None,
+        };
+        let join = import::bench::Join {
+            prompts: self.prompts.clone(),
+            metric,
+        };
+        Ok(import::bench::import(
+            kind,
+            &self.path,
+            &self.out,
+            self.method.as_deref(),
+            &join,
+        )?)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// The run in lm-evaluation-harness's output shape: OUT/<method>/results_<date>.json and
+    /// samples_<task>_<date>.jsonl ("metric,none" and "metric_stderr,none" keys), so that
+    /// lm-eval's tooling and leaderboard scripts read it.
+    LmEval {
+        /// Run folders (or record files).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn export(c: ExportCommand) -> Result<()> {
+    match c {
+        ExportCommand::LmEval { runs, out } => {
+            let now = chrono::Local::now();
+            let date_id = now.format("%Y-%m-%dT%H-%M-%S%.6f").to_string();
+            let unix_s = now.timestamp_micros() as f64 / 1e6;
+            let w = kvlens_analyze::lm_eval::export(&runs, &out, &date_id, unix_s)?;
+            println!(
+                "{} samples in {} files under {}{}",
+                w.samples,
+                w.files.len(),
+                out.display(),
+                if w.skipped > 0 {
+                    format!(" ({} failed or unscored records left out)", w.skipped)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn import(c: ImportCommand) -> Result<()> {
@@ -259,7 +370,22 @@ pub fn import(c: ImportCommand) -> Result<()> {
             import::longbench_pred(dir, out, model)?
         }
         ImportCommand::ScoreFiles { dir, out } => import::score_files(dir, out)?,
+        ImportCommand::LmEval { dir, out } => import::lm_eval::import(dir, out)?,
+        ImportCommand::VllmBench(b) => b.run(import::bench::Bench::Vllm)?,
+        ImportCommand::SglangBench(b) => b.run(import::bench::Bench::Sglang)?,
+        ImportCommand::Ruler {
+            dir,
+            out,
+            method,
+            model,
+        } => import::ruler::import(dir, out, method, model)?,
+        ImportCommand::LongbenchV2 { path, out, model } => {
+            import::longbench_v2::import(path, out, model)?
+        }
     };
+    for n in &done.notes {
+        eprintln!("kvlens: {n}");
+    }
     println!("{} records in {} files", done.records, done.files.len());
     Ok(())
 }

@@ -79,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: analyze::ImportCommand,
     },
+    /// Write a run in another tool's format.
+    Export {
+        #[command(subcommand)]
+        command: analyze::ExportCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analyze(a) => analyze::analyze(a),
         Command::Inspect(a) => analyze::inspect(a),
         Command::Import { command } => analyze::import(command),
+        Command::Export { command } => analyze::export(command),
         Command::Serve(a) => serve(a),
         Command::Load(a) => load::load(a),
         Command::Negatives { command } => analyze::negatives(command),

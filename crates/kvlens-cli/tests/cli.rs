@@ -162,6 +162,7 @@ fn methods_lists_every_method() {
         "pyramidkv",
         "tova",
         "knorm",
+        "random",
         "kivi",
         "gear",
         "int8",

@@ -137,6 +137,8 @@ impl When {
 /// What a scorer sees of one key/value head.
 pub struct ScoreInput<'a> {
     pub layer: usize,
+    /// The key/value head's index within the layer.
+    pub head: usize,
     pub shape: &'a CacheShape,
     pub store: &'a HeadStore,
     pub stats: &'a HeadStats,
@@ -185,13 +187,14 @@ impl<S: Scorer> Method for Select<S> {
             return;
         }
         let budget = self.scorer.layer_budget(self.budget, layer, shape);
-        for (store, st) in heads.iter_mut().zip(stats.iter_mut()) {
+        for (head, (store, st)) in heads.iter_mut().zip(stats.iter_mut()).enumerate() {
             let len = store.len();
             if len <= budget {
                 continue;
             }
             let scores = self.scorer.score(&ScoreInput {
                 layer,
+                head,
                 shape,
                 store,
                 stats: st,

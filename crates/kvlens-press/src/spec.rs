@@ -5,6 +5,7 @@ use crate::methods::{
     h2o::H2o,
     knorm::KeyNorm,
     pyramidkv::PyramidKv,
+    random::Random,
     snapkv::{Pool, SnapKv},
     streamingllm::StreamingLlm,
     tova::Tova,
@@ -258,6 +259,25 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "keep keys with the lowest L2 norm",
         paper: "Devoto et al. 2024, arXiv:2406.11430",
         params: &[budget("256"), when("prefill")],
+    },
+    MethodInfo {
+        name: "random",
+        summary: "keep a seeded random choice of tokens (the floor to beat)",
+        paper: "kvpress RandomPress (NVIDIA/kvpress)",
+        params: &[
+            budget("256"),
+            Param {
+                name: "seed",
+                default: Some("0"),
+                kind: Kind::Int {
+                    min: 0,
+                    max: i64::MAX,
+                },
+                help:
+                    "seed of the draws (each token's draw depends on seed, layer, head, position)",
+            },
+            when("prefill"),
+        ],
     },
 ];
 
@@ -514,6 +534,15 @@ impl Spec {
             }),
             "knorm" => Box::new(Select {
                 scorer: KeyNorm,
+                budget,
+                sink: 0,
+                recent: 0,
+                when,
+            }),
+            "random" => Box::new(Select {
+                scorer: Random {
+                    seed: self.get("seed").and_then(|v| v.parse().ok()).unwrap_or(0),
+                },
                 budget,
                 sink: 0,
                 recent: 0,

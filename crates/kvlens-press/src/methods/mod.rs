@@ -3,6 +3,7 @@
 pub mod h2o;
 pub mod knorm;
 pub mod pyramidkv;
+pub mod random;
 pub mod snapkv;
 pub mod streamingllm;
 pub mod tova;

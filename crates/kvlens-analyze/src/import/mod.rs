@@ -3,6 +3,15 @@
 //! for Large Language Model Serving" (MLSys 2025). Fields a source lacks are listed under
 //! `meta.absent` ([`crate::load::ABSENT_KEY`]) so that the analyses report them as absent,
 //! not as zeros.
+//!
+//! The other tools' formats have a module each: [`lm_eval`], [`bench`] (vLLM's
+//! and SGLang's serving benchmarks), [`ruler`] and [`longbench_v2`].
+
+pub mod bench;
+pub mod lm_eval;
+pub mod longbench_v2;
+pub mod pyrepr;
+pub mod ruler;
 
 use crate::analysis::label;
 use crate::error::{AnalyzeError, Result};
@@ -17,9 +26,12 @@ use std::path::{Path, PathBuf};
 pub struct Imported {
     pub records: usize,
     pub files: Vec<PathBuf>,
+    /// What the import checked or could not use (the source's own aggregates against
+    /// kvlens's, files skipped), for the user to read.
+    pub notes: Vec<String>,
 }
 
-const TIMING_FIELDS: [&str; 8] = [
+pub(crate) const TIMING_FIELDS: [&str; 8] = [
     "prompt_tokens",
     "output_tokens",
     "finish_reason",
@@ -29,9 +41,9 @@ const TIMING_FIELDS: [&str; 8] = [
     "decode_ms",
     "e2e_ms",
 ];
-const MEMORY_FIELDS: [&str; 3] = ["kv_bytes_peak", "kv_bytes_full", "kv_tokens_kept"];
+pub(crate) const MEMORY_FIELDS: [&str; 3] = ["kv_bytes_peak", "kv_bytes_full", "kv_tokens_kept"];
 
-fn absent(extra: &[&str]) -> Value {
+pub(crate) fn absent(extra: &[&str]) -> Value {
     let mut v: Vec<&str> = TIMING_FIELDS.to_vec();
     v.extend(MEMORY_FIELDS);
     v.extend(extra);
@@ -40,7 +52,7 @@ fn absent(extra: &[&str]) -> Value {
 
 /// A record from what the source has; the rest zero and listed as absent.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(crate) fn record(
     run_id: &str,
     model: &str,
     task: &str,
@@ -65,12 +77,23 @@ fn record(
     Ok(r)
 }
 
-fn write_all(out: &Path, groups: BTreeMap<(String, String), Vec<Record>>) -> Result<Imported> {
+pub(crate) fn write_all(
+    out: &Path,
+    groups: BTreeMap<(String, String), Vec<Record>>,
+) -> Result<Imported> {
     let mut done = Imported::default();
+    let mut seen: BTreeMap<PathBuf, (String, String)> = BTreeMap::new();
     for ((task, method), records) in groups {
         let path = out
             .join(label(&task))
             .join(format!("{}.jsonl", label(&method)));
+        if let Some((t, m)) = seen.insert(path.clone(), (task.clone(), method.clone())) {
+            return Err(AnalyzeError::Invalid(format!(
+                "task `{t}` method `{m}` and task `{task}` method `{method}` would share the \
+                 file {}: rename one",
+                path.display()
+            )));
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| AnalyzeError::io(dir, e))?;
         }
@@ -81,7 +104,7 @@ fn write_all(out: &Path, groups: BTreeMap<(String, String), Vec<Record>>) -> Res
     Ok(done)
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
+pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::Array(a)) => a
             .iter()
@@ -95,7 +118,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn id_of(o: &Map<String, Value>, index: usize) -> String {
+pub(crate) fn id_of(o: &Map<String, Value>, index: usize) -> String {
     match o.get("_id").or_else(|| o.get("id")) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => index.to_string(),
@@ -103,13 +126,58 @@ fn id_of(o: &Map<String, Value>, index: usize) -> String {
     }
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| AnalyzeError::io(dir, e))? {
         v.push(e.map_err(|e| AnalyzeError::io(dir, e))?.path());
     }
     v.sort();
     Ok(v)
+}
+
+/// Every file under `dir` (recursively) whose name `keep` accepts, sorted by path.
+pub(crate) fn walk(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for p in read_dir_sorted(&d)? {
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| keep(&n.to_string_lossy())) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The file name of `p` as a string (empty for `..`).
+pub(crate) fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().to_string())
+}
+
+/// One JSON object per non-blank line of `path`, with its 1-based line number.
+pub(crate) fn json_lines(path: &Path) -> Result<Vec<(usize, Map<String, Value>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| AnalyzeError::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| AnalyzeError::Line {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        match serde_json::from_str(line) {
+            Ok(Value::Object(o)) => out.push((i + 1, o)),
+            Ok(_) => return Err(bad("not a JSON object".into())),
+            Err(e) => return Err(bad(format!("invalid JSON: {e}"))),
+        }
+    }
+    Ok(out)
 }
 
 /// `DIR/<method>/<dataset>.jsonl`, lines with `pred`, `answers`, `all_classes`, `length`
@@ -237,18 +305,7 @@ pub fn score_files(dir: &Path, out: &Path) -> Result<Imported> {
         .file_name()
         .map_or("imported".into(), |n| n.to_string_lossy().to_string());
     let mut groups: BTreeMap<(String, String), Vec<Record>> = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(d) = stack.pop() {
-        for p in read_dir_sorted(&d)? {
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with("_eval.json") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = walk(dir, &|n| n.ends_with("_eval.json"))?;
     if files.is_empty() {
         return Err(AnalyzeError::Invalid(format!(
             "no *_eval.json score files under {}",
