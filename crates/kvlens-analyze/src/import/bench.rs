@@ -20,7 +20,7 @@
 //! `outputs`), and is scored with `--metric`. The file's own summary is compared with kvlens's
 //! recomputation from the per-request arrays and differences are noted.
 
-use super::{name_of, read_dir_sorted, record, strings, Imported};
+use super::{files_with, name_of, record, strings, write_grouped, Imported};
 use crate::error::{AnalyzeError, Result};
 use crate::load::ABSENT_KEY;
 use crate::serving::{summarize, Goodput};
@@ -119,14 +119,7 @@ pub fn import(
     method: Option<&str>,
     join: &Join,
 ) -> Result<Imported> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        read_dir_sorted(path)?
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "jsonl"))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = files_with(path, &["json", "jsonl"])?;
     if files.is_empty() {
         return Err(AnalyzeError::Invalid(format!(
             "no {} result files (*.json, *.jsonl) in {}",
@@ -308,26 +301,17 @@ pub fn import(
             points.insert(key, (records, o.clone(), starts.is_some()));
         }
     }
-    let mut done = Imported::default();
-    let mut paths: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut notes = Vec::new();
+    let mut groups = BTreeMap::new();
     for ((point, name), (records, theirs, timed)) in points {
-        done.notes
-            .extend(check(&point, &name, &records, &theirs, timed));
-        // `kvlens load`'s layout: OUT/rate=<r>/<method>.jsonl.
-        let path = out.join(&point).join(format!("{}.jsonl", file_safe(&name)));
-        if let Some(other) = paths.insert(path.clone(), name.clone()) {
-            return Err(AnalyzeError::Invalid(format!(
-                "methods `{other}` and `{name}` would share the file {}: name one with --method",
-                path.display()
-            )));
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| AnalyzeError::io(dir, e))?;
-        }
-        kvlens_run::store::write_atomic(&path, &records)?;
-        done.records += records.len();
-        done.files.push(path);
+        notes.extend(check(&point, &name, &records, &theirs, timed));
+        groups.insert((point, name), records);
     }
+    // `kvlens load`'s layout: OUT/rate=<r>/<method>.jsonl.
+    let mut done = write_grouped(out, groups, &|point, name| {
+        PathBuf::from(point).join(format!("{}.jsonl", file_safe(name)))
+    })?;
+    done.notes = notes;
     Ok(done)
 }
 

@@ -9,13 +9,13 @@
 //! hard, short, medium, long, ×100 with one decimal) is printed as a note so the import can be
 //! checked against it.
 
-use super::{absent, name_of, read_dir_sorted, record, write_all, Imported};
+use super::{absent, files_with, name_of, record, write_all, Imported};
 use crate::error::{AnalyzeError, Result};
 use crate::load::ABSENT_KEY;
 use kvlens_run::Record;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const TASK: &str = "longbench_v2";
 
@@ -63,14 +63,7 @@ fn table_row(rows: &[(bool, String, String)]) -> String {
 
 /// Imports a result file, or every `.jsonl`/`.json` file of a folder, one method per file.
 pub fn import(path: &Path, out: &Path, model: &str) -> Result<Imported> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        read_dir_sorted(path)?
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl" || x == "json"))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = files_with(path, &["jsonl", "json"])?;
     if files.is_empty() {
         return Err(AnalyzeError::Invalid(format!(
             "no LongBench v2 result files (*.jsonl) in {}",

@@ -81,16 +81,26 @@ pub(crate) fn write_all(
     out: &Path,
     groups: BTreeMap<(String, String), Vec<Record>>,
 ) -> Result<Imported> {
+    write_grouped(out, groups, &|task, method| {
+        PathBuf::from(label(task)).join(format!("{}.jsonl", label(method)))
+    })
+}
+
+/// Writes each (folder key, method) group to `out/<path_of(key, method)>`, refusing two
+/// groups that would share a file.
+pub(crate) fn write_grouped(
+    out: &Path,
+    groups: BTreeMap<(String, String), Vec<Record>>,
+    path_of: &dyn Fn(&str, &str) -> PathBuf,
+) -> Result<Imported> {
     let mut done = Imported::default();
     let mut seen: BTreeMap<PathBuf, (String, String)> = BTreeMap::new();
-    for ((task, method), records) in groups {
-        let path = out
-            .join(label(&task))
-            .join(format!("{}.jsonl", label(&method)));
-        if let Some((t, m)) = seen.insert(path.clone(), (task.clone(), method.clone())) {
+    for ((key, method), records) in groups {
+        let path = out.join(path_of(&key, &method));
+        if let Some((k, m)) = seen.insert(path.clone(), (key.clone(), method.clone())) {
             return Err(AnalyzeError::Invalid(format!(
-                "task `{t}` method `{m}` and task `{task}` method `{method}` would share the \
-                 file {}: rename one",
+                "`{k}` method `{m}` and `{key}` method `{method}` would share the file {}: \
+                 rename one (--method where the importer takes it)",
                 path.display()
             )));
         }
@@ -102,6 +112,17 @@ pub(crate) fn write_all(
         done.files.push(path);
     }
     Ok(done)
+}
+
+/// `path` itself, or the files of the folder `path` whose extension is one of `exts`.
+pub(crate) fn files_with(path: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    Ok(read_dir_sorted(path)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| exts.iter().any(|e| x == *e)))
+        .collect())
 }
 
 pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
